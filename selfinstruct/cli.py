@@ -1,0 +1,130 @@
+"""`python -m selfinstruct <command>`: run, models."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import signal
+import sys
+from pathlib import Path
+
+from selfinstruct.errors import UserError
+
+log = logging.getLogger("selfinstruct")
+
+# CLI flag -> dotted config key. Only flags the user gives override the config file.
+RUN_FLAGS = {
+    "seeds": "seeds",
+    "output_dir": "output_dir",
+    "num_instructions": "num_instructions",
+    "concurrency": "concurrency",
+    "seed": "seed",
+    "rouge_threshold": "rouge_threshold",
+    "filters": "filters",
+    "max_requests": "max_requests",
+    "temperature": "instructions.temperature",
+    "top_p": "instructions.top_p",
+    "max_tokens": "instructions.max_tokens",
+    "presence_penalty": "instructions.presence_penalty",
+    "backend": "backend.kind",
+    "model": "backend.model",
+    "base_url": "backend.base_urls",
+    "api": "backend.api",
+    "timeout": "backend.timeout",
+    "max_attempts": "backend.max_attempts",
+    "server_arg": "backend.server_args",
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m selfinstruct", description=__doc__)
+    parser.add_argument("-v", "--verbose", action="store_true", help="Log debug messages.")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    run = commands.add_parser("run", help="Generate an instruction dataset from seed tasks.")
+    S = argparse.SUPPRESS
+    run.add_argument("--config", type=Path, help="TOML file with settings (flags override it).")
+    run.add_argument("--seeds", type=Path, default=S, help="Seed tasks (default: seeds/en.jsonl).")
+    run.add_argument("--output-dir", "-o", type=Path, default=S, help="Run directory (default: outputs/run-<time>).")
+    run.add_argument("--num-instructions", "-n", type=int, default=S, help="Instructions to accept (default 20).")
+    run.add_argument("--concurrency", type=int, default=S, help="Requests in flight (default 16).")
+    run.add_argument("--seed", type=int, default=S, help="Seed for reproducible sampling.")
+    run.add_argument("--rouge-threshold", type=float, default=S, help="ROUGE-L novelty threshold (default 0.7).")
+    run.add_argument("--filters", type=Path, default=S, help="Heuristic rules TOML (default filters/default.toml).")
+    run.add_argument("--max-requests", type=int, default=S, help="Bootstrap request budget.")
+    run.add_argument("--temperature", type=float, default=S, help="Instruction sampling temperature (0.7).")
+    run.add_argument("--top-p", type=float, default=S, help="Instruction sampling top_p (0.5).")
+    run.add_argument("--max-tokens", type=int, default=S, help="Max tokens per instruction request (1024).")
+    run.add_argument("--presence-penalty", type=float, default=S, help="Instruction presence penalty (2.0).")
+    run.add_argument("--backend", choices=["embedded", "vllm", "openai"], default=S, help="Model backend.")
+    run.add_argument("--model", default=S, help="Model path/id (vllm) or served name (openai).")
+    run.add_argument("--base-url", type=_url_list, default=S, help="Endpoint URL(s), comma-separated (openai).")
+    run.add_argument("--api", choices=["completions", "chat"], default=S, help="Generation endpoint.")
+    run.add_argument("--timeout", type=float, default=S, help="Seconds per request (300).")
+    run.add_argument("--max-attempts", type=int, default=S, help="Tries per request on transient errors (6).")
+    run.add_argument("--server-arg", action="append", default=S, help="Extra vLLM server argument (repeatable).")
+    run.add_argument("--no-progress", action="store_true", help="Hide the progress bar.")
+    run.set_defaults(func=cmd_run)
+
+    models = commands.add_parser("models", help="Manage the embedded default model.")
+    models_cmds = models.add_subparsers(dest="models_command", required=True)
+    prepare = models_cmds.add_parser("prepare", help="Download and convert the embedded model once.")
+    prepare.add_argument("--force", action="store_true", help="Rebuild even when cached.")
+    prepare.set_defaults(func=cmd_models_prepare)
+    path = models_cmds.add_parser("path", help="Print the embedded model's cache folder.")
+    path.set_defaults(func=cmd_models_path)
+    return parser
+
+
+def _url_list(value: str) -> list[str]:
+    return [u.strip() for u in value.split(",") if u.strip()]
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from selfinstruct.runner import run
+
+    given = {flag: getattr(args, flag) for flag in RUN_FLAGS if hasattr(args, flag)}
+    overrides = {RUN_FLAGS[flag]: value for flag, value in given.items()}
+    flag_names = {RUN_FLAGS[flag]: "--" + flag.replace("_", "-") for flag in given}
+    return run(args.config, overrides, flag_names, progress=not args.no_progress)
+
+
+def cmd_models_prepare(args: argparse.Namespace) -> int:
+    from selfinstruct.generation.embedded import prepare_embedded_model
+
+    print(prepare_embedded_model(force=args.force))
+    return 0
+
+
+def cmd_models_path(args: argparse.Namespace) -> int:
+    from selfinstruct.generation.embedded import embedded_model_dir, is_prepared
+
+    path = embedded_model_dir()
+    print(path if is_prepared(path) else f"{path} (not prepared: python -m selfinstruct models prepare)")
+    return 0
+
+
+def _terminate(signum, frame):
+    raise KeyboardInterrupt
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(message)s",
+        datefmt="%H:%M:%S",
+    )
+    for name in ("httpx", "httpx2", "openai"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+    signal.signal(signal.SIGTERM, _terminate)  # stop a started server on `kill` as on Ctrl-C
+    try:
+        code = args.func(args)
+    except UserError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        code = 2
+    except KeyboardInterrupt:
+        print("interrupted: records written so far are kept", file=sys.stderr)
+        code = 130
+    sys.exit(code)

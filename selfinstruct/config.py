@@ -1,0 +1,145 @@
+"""Every setting of a run, in one place: pydantic models, read from TOML, overridden from the CLI."""
+
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from selfinstruct.errors import UserError
+from selfinstruct.resources import resource_path
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class Sampling(_Section):
+    """Sampling settings of one kind of request."""
+
+    temperature: float = Field(0.7, ge=0, le=2, description="Sampling temperature.")
+    top_p: float = Field(0.5, gt=0, le=1, description="Nucleus sampling mass.")
+    max_tokens: int = Field(1024, gt=0, description="Most tokens the model may write per request.")
+    presence_penalty: float = Field(0.0, ge=-2, le=2, description="OpenAI presence penalty.")
+    frequency_penalty: float = Field(0.0, ge=-2, le=2, description="OpenAI frequency penalty.")
+
+
+class Backend(_Section):
+    """Where the model runs and how it is reached."""
+
+    kind: Literal["embedded", "vllm", "openai"] = Field(
+        "embedded",
+        description="embedded: the bundled CPU model on a vLLM server the run starts; "
+        "vllm: a vLLM server the run starts for `model`; openai: an existing endpoint.",
+    )
+    model: str | None = Field(
+        None, description="Model name or path (vllm), or served model name (openai; default: the first listed)."
+    )
+    base_urls: list[str] = Field(
+        default_factory=list, description="OpenAI-compatible base URLs (openai backend), used round robin."
+    )
+    api: Literal["completions", "chat"] = Field(
+        "completions", description="Endpoint for generation; the paper's prompts use completions."
+    )
+    timeout: float = Field(300.0, gt=0, description="Seconds to wait for one response.")
+    max_attempts: int = Field(6, ge=1, description="Tries per request on transient errors.")
+    startup_timeout: float = Field(900.0, gt=0, description="Seconds to wait for a started server.")
+    server_args: list[str] = Field(
+        default_factory=list, description="Extra command-line arguments for a vLLM server the run starts."
+    )
+
+
+class RunConfig(_Section):
+    """Settings of `selfinstruct run`."""
+
+    seeds: Path = Field(
+        default_factory=lambda: resource_path("seeds/en.jsonl"),
+        description="Seed tasks: Self-Instruct seed JSONL, or Alpaca JSON/JSONL.",
+    )
+    output_dir: Path | None = Field(None, description="Run directory (default: outputs/run-<time>).")
+    num_instructions: int = Field(20, gt=0, description="Accepted machine instructions to generate.")
+    concurrency: int = Field(16, ge=1, description="Requests in flight at once.")
+    seed: int | None = Field(
+        None, description="Seed for demo sampling, and the engine seed of a server the run starts."
+    )
+    num_demos: int = Field(8, ge=1, description="Instructions shown per bootstrap prompt.")
+    num_machine_demos: int = Field(
+        2, ge=0, description="How many of the demos come from the machine pool once it has enough."
+    )
+    rouge_threshold: float = Field(
+        0.7, gt=0, le=1, description="Reject an instruction whose ROUGE-L F against any pool item is above this."
+    )
+    filters: Path = Field(
+        default_factory=lambda: resource_path("filters/default.toml"),
+        description="Heuristic filter rules (TOML).",
+    )
+    max_instances: int = Field(5, ge=1, description="Most instances kept per task.")
+    max_requests: int | None = Field(
+        None, ge=1, description="Stop bootstrapping after this many requests (default: 50 + 20 per target)."
+    )
+    instructions: Sampling = Field(
+        default_factory=lambda: Sampling(temperature=0.7, top_p=0.5, max_tokens=1024, presence_penalty=2.0),
+        description="Sampling for instruction generation.",
+    )
+    classification: Sampling = Field(
+        default_factory=lambda: Sampling(temperature=0.0, top_p=1.0, max_tokens=3),
+        description="Sampling for the classification check.",
+    )
+    instances: Sampling = Field(
+        default_factory=lambda: Sampling(temperature=0.0, top_p=1.0, max_tokens=300),
+        description="Sampling for instance generation.",
+    )
+    backend: Backend = Field(default_factory=Backend, description="Model endpoint.")
+
+    @property
+    def request_budget(self) -> int:
+        return self.max_requests or 50 + 20 * self.num_instructions
+
+
+def load_config(path: Path | None, overrides: dict[str, Any], flag_names: dict[str, str]) -> RunConfig:
+    """Merge a TOML file and CLI overrides (dotted keys) and validate them in one place.
+
+    flag_names maps a dotted key to the CLI flag that set it, so errors name what the user typed.
+    """
+    data: dict[str, Any] = {}
+    if path is not None:
+        data = _read_toml(path)
+    for dotted, value in overrides.items():
+        node = data
+        *parents, leaf = dotted.split(".")
+        for key in parents:
+            node = node.setdefault(key, {})
+        node[leaf] = value
+    try:
+        return RunConfig.model_validate(data)
+    except ValidationError as exc:
+        raise UserError(_describe(exc, path, overrides, flag_names)) from None
+
+
+def _read_toml(path: Path) -> dict[str, Any]:
+    try:
+        with open(path, "rb") as f:
+            return tomllib.load(f)
+    except FileNotFoundError:
+        raise UserError(f"{path}: config file not found — check the --config path") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise UserError(f"{path}: not valid TOML: {exc}") from None
+
+
+def _describe(exc: ValidationError, path: Path | None, overrides: dict, flag_names: dict) -> str:
+    parts = []
+    for err in exc.errors():
+        dotted = ".".join(str(p) for p in err["loc"])
+        where = flag_names.get(dotted) if dotted in overrides else f"{path or 'config'}: {dotted}"
+        if err["type"] == "extra_forbidden":
+            parts.append(f"{where}: unknown setting — see `python -m selfinstruct run --help`")
+        else:
+            parts.append(f"{where}: {err['msg']} (got {err.get('input')!r})")
+    return "; ".join(parts)
+
+
+def public_dict(config: RunConfig) -> dict[str, Any]:
+    """The resolved settings as saved in config.json (secrets are never part of RunConfig)."""
+    return config.model_dump(mode="json")

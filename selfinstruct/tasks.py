@@ -1,0 +1,117 @@
+"""Task and instance records; seed loading (Self-Instruct seed JSONL, Alpaca JSON/JSONL); JSONL I/O."""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from selfinstruct.errors import UserError
+
+
+class Instance(BaseModel):
+    input: str = ""
+    output: str
+
+
+class SeedTask(BaseModel):
+    """A human-written task, in the original Self-Instruct `seed_tasks.jsonl` format."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    id: str
+    name: str = ""
+    instruction: str = Field(min_length=1)
+    instances: list[Instance] = Field(default_factory=list)
+    is_classification: bool = False
+
+
+def load_seeds(path: Path) -> list[SeedTask]:
+    """Read seed tasks from seed-format JSONL, Alpaca JSONL, or a JSON array of either."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"{path}: seed file not found — pass --seeds with an existing file")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise UserError(f"{path}: not UTF-8 text — seed files are JSON or JSONL") from None
+    if not text.strip():
+        raise UserError(f"{path}: seed file is empty — it needs at least one task")
+    rows = _json_array_rows(path, text) if text.lstrip().startswith("[") else _jsonl_rows(path, text)
+    tasks = [_to_task(path, where, i, row) for i, (where, row) in enumerate(rows)]
+    if not tasks:
+        raise UserError(f"{path}: seed file holds no tasks")
+    return tasks
+
+
+def _json_array_rows(path: Path, text: str) -> list[tuple[str, Any]]:
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise UserError(f"{path}:{exc.lineno}: invalid JSON ({exc.msg})") from None
+    return [(f"{path}: item {i}", row) for i, row in enumerate(data)]
+
+
+def _jsonl_rows(path: Path, text: str) -> list[tuple[str, Any]]:
+    rows = []
+    for lineno, line in enumerate(text.splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            rows.append((f"{path}:{lineno}", json.loads(line)))
+        except json.JSONDecodeError as exc:
+            raise UserError(f"{path}:{lineno}: invalid JSON ({exc.msg}) — one JSON object per line") from None
+    return rows
+
+
+def _to_task(path: Path, where: str, index: int, row: Any) -> SeedTask:
+    if not isinstance(row, dict):
+        raise UserError(f"{where}: expected a JSON object with an 'instruction' field")
+    if "instances" not in row:  # Alpaca record: one instance
+        row = {
+            "id": str(row.get("id", f"seed_task_{index}")),
+            "instruction": row.get("instruction"),
+            "instances": [{"input": row.get("input", ""), "output": row.get("output")}],
+            "is_classification": row.get("is_classification", False),
+        }
+    try:
+        return SeedTask.model_validate(row)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        field = ".".join(str(p) for p in err["loc"])
+        raise UserError(f"{where}: field '{field}': {err['msg']}") from None
+
+
+class JsonlWriter:
+    """Append-only JSONL: each record is one line, written and flushed at once."""
+
+    def __init__(self, path: Path):
+        self.path = Path(path)
+        self._file = open(self.path, "a", encoding="utf-8")
+
+    def write(self, record: dict[str, Any]) -> None:
+        self._file.write(json.dumps(record, ensure_ascii=False) + "\n")
+        self._file.flush()
+
+    def close(self) -> None:
+        self._file.close()
+
+
+def read_jsonl(path: Path) -> list[dict[str, Any]]:
+    with open(path, encoding="utf-8") as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+def write_json_atomic(path: Path, data: Any) -> None:
+    """Write JSON to a temporary file and rename it over the target, so readers never see half."""
+    tmp = Path(path).with_suffix(".tmp")
+    tmp.write_text(json.dumps(data, ensure_ascii=False, indent=2) + "\n", encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def iter_instructions(tasks: Iterable[SeedTask]) -> list[str]:
+    return [t.instruction for t in tasks]

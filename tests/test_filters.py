@@ -1,0 +1,100 @@
+from pathlib import Path
+
+import pytest
+from rouge_score import rouge_scorer
+
+from selfinstruct.errors import UserError
+from selfinstruct.filters import HeuristicFilter, NoveltyFilter, RougePool, run_filters
+from selfinstruct.filters.instances import apply_instance_rules
+from selfinstruct.filters.rouge import rouge_l_f, tokenize
+from selfinstruct.resources import resource_path
+from selfinstruct.tasks import Instance
+
+DEFAULT = HeuristicFilter.from_file(resource_path("filters/default.toml"))
+
+
+@pytest.mark.parametrize(
+    "text, reason",
+    [
+        ("Sort the numbers.", "too_short"),  # 3 words: the paper keeps more than 3
+        ("word " * 151, "too_long"),
+        ("Describe the picture in detail please.", "blacklisted_keyword"),
+        ("Plot the monthly sales figures.", "blacklisted_keyword"),
+        ("Tell me how to go to the station.", "blacklisted_keyword"),
+        ("Write a program that sorts a list.", "bad_prefix"),
+        ('"Summarize this article in one line.', "leading_punctuation"),
+        ("Summarize the article in one line.", None),
+        ("Explain how a mapping function works.", None),  # 'map' only as a whole word
+        ("Écris un court poème sur la mer.", None),  # non-ASCII first letters are kept
+    ],
+)
+def test_heuristic_reasons(text, reason):
+    assert DEFAULT.check(text).reason == reason
+
+
+def test_rules_file_errors_name_the_file(tmp_path: Path):
+    bad = tmp_path / "rules.toml"
+    bad.write_text("[length]\nmin_words = 'four'\n")
+    with pytest.raises(UserError, match=r"rules.toml: length.min_words"):
+        HeuristicFilter.from_file(bad)
+    bad.write_text("[lenght]\n")
+    with pytest.raises(UserError, match=r"rules.toml: lenght"):
+        HeuristicFilter.from_file(bad)
+    with pytest.raises(UserError, match="not found"):
+        HeuristicFilter.from_file(tmp_path / "missing.toml")
+
+
+def test_rouge_matches_rouge_score():
+    scorer = rouge_scorer.RougeScorer(["rougeL"], use_stemmer=False)
+    pairs = [
+        ("Give three tips for staying healthy.", "Give three tips for staying happy at work."),
+        ("What is the capital of France?", "Name the capital city of France."),
+        ("Sort the list.", "Sort the list."),
+        ("Translate to German.", "写一首诗"),
+        ("a b c d e f g", "g f e d c b a"),
+    ]
+    for a, b in pairs:
+        assert rouge_l_f(tokenize(a), tokenize(b)) == scorer.score(a, b)["rougeL"].fmeasure
+
+
+def test_novelty_filter_reports_the_most_similar_pool_item():
+    pool = RougePool(["Give three tips for staying healthy.", "Name a fruit."])
+    novelty = NoveltyFilter(pool, 0.7)
+    near = novelty.check("Give three tips for staying healthy and fit.")
+    assert near.reason == "too_similar"
+    assert near.most_similar == "Give three tips for staying healthy."
+    kept = novelty.check("Explain how vaccines train the immune system.")
+    assert kept.kept and kept.similarity < 0.7
+
+
+def test_run_filters_stops_at_the_first_reject():
+    pool = RougePool(["Write a program to add numbers."])
+    decision = run_filters([DEFAULT, NoveltyFilter(pool)], "Write a program to add numbers.")
+    assert decision.reason == "bad_prefix"
+
+
+def test_instance_rules():
+    instances = [
+        Instance(input="a", output="A"),
+        Instance(input="a", output="A"),  # duplicate
+        Instance(input="", output=""),  # empty output
+        Instance(input="same", output="same"),
+        Instance(input="Question:", output="x"),  # incomplete
+        Instance(input="q", output="yes"),
+        Instance(input="q", output="no"),  # conflicting with the one above: both go
+        Instance(input="", output="free text"),
+    ]
+    kept, drops = apply_instance_rules(instances, max_instances=5)
+    assert kept == [Instance(input="a", output="A"), Instance(input="", output="free text")]
+    assert drops == {
+        "duplicate_instance": 1,
+        "empty_output": 1,
+        "input_equals_output": 1,
+        "incomplete": 1,
+        "conflicting_outputs": 2,
+    }
+
+
+def test_instance_rules_cap_the_count():
+    kept, drops = apply_instance_rules([Instance(input=str(i), output=f"out {i}") for i in range(7)], 5)
+    assert len(kept) == 5 and drops == {"over_max_instances": 2}
