@@ -11,7 +11,7 @@ from typing import Any
 from selfinstruct.config import RunConfig, load_config, public_dict
 from selfinstruct.errors import EndpointError, UserError
 from selfinstruct.filters import HeuristicFilter
-from selfinstruct.generation.backends import Endpoint, open_endpoint
+from selfinstruct.generation.backends import Endpoint, check_backend, open_endpoint
 from selfinstruct.generation.client import LLMClient
 from selfinstruct.pipeline import Pipeline
 from selfinstruct.stats import RunStats
@@ -25,6 +25,7 @@ def run(config_path: Path | None, overrides: dict[str, Any], flag_names: dict[st
     config = load_config(config_path, overrides, flag_names)
     seeds = load_seeds(config.seeds)
     heuristics = HeuristicFilter.from_file(config.filters)
+    check_backend(config.backend)
     run_dir = create_run_dir(config.output_dir or Path("outputs") / time.strftime("run-%Y%m%d-%H%M%S"))
     config.output_dir = run_dir
     write_json_atomic(run_dir / "config.json", public_dict(config))

@@ -22,13 +22,19 @@ class Endpoint:
     api_key: str = "EMPTY"
 
 
+def check_backend(backend: Backend) -> None:
+    """Settings a backend cannot start without; checked before anything is written."""
+    if backend.kind == "openai" and not backend.base_urls:
+        raise UserError("--backend openai needs --base-url URL (an OpenAI-compatible endpoint)")
+    if backend.kind == "vllm" and not backend.model:
+        raise UserError("--backend vllm needs --model (a local folder or a hub model id)")
+
+
 def server_for(backend: Backend, log_path: Path | None, seed: int | None = None) -> VLLMServer:
     """The vLLM server the embedded or vllm backend starts (not yet started)."""
     if backend.kind == "embedded":
         model, name, on_cpu = str(prepare_embedded_model()), MODEL_NAME, True
     else:
-        if not backend.model:
-            raise UserError("--backend vllm needs --model (a local folder or a hub model id)")
         model, name, on_cpu = backend.model, backend.model, not cuda_available()
     return VLLMServer(
         model,
@@ -43,9 +49,8 @@ def server_for(backend: Backend, log_path: Path | None, seed: int | None = None)
 @contextmanager
 def open_endpoint(backend: Backend, log_path: Path | None = None, seed: int | None = None) -> Iterator[Endpoint]:
     """Yield the endpoint to talk to; a server started here is stopped on the way out."""
+    check_backend(backend)
     if backend.kind == "openai":
-        if not backend.base_urls:
-            raise UserError("--backend openai needs --base-url URL (an OpenAI-compatible endpoint)")
         yield Endpoint(backend.base_urls, backend.model, os.environ.get("OPENAI_API_KEY", "EMPTY"))
         return
     with server_for(backend, log_path, seed) as server:

@@ -1,0 +1,113 @@
+"""End-to-end: the real CLI, through the real openai client, against a real vLLM CPU server."""
+
+import itertools
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from rouge_score import rouge_scorer
+
+from selfinstruct.filters import HeuristicFilter
+from selfinstruct.resources import resource_path
+from selfinstruct.tasks import load_seeds, read_jsonl
+
+pytestmark = pytest.mark.slow
+SECRET = "sk-test-should-never-be-written-9f8e7d"
+
+
+def selfinstruct(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "selfinstruct", *args],
+        capture_output=True,
+        text=True,
+        env={**os.environ, **(env or {})},
+        timeout=1200,
+    )
+
+
+@pytest.fixture(scope="module")
+def run_dir(vllm_server, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("run") / "run"
+    result = selfinstruct(
+        "run", "--backend", "openai", "--base-url", vllm_server.base_url,
+        "-n", "8", "-o", str(out), "--seed", "3", "--concurrency", "8", "--no-progress",
+        env={"OPENAI_API_KEY": SECRET},
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "accepted 8/8 instructions" in result.stdout
+    return out
+
+
+def test_run_accepts_exactly_the_target_and_each_passes_the_filters(run_dir: Path):
+    accepted = [r["instruction"] for r in read_jsonl(run_dir / "machine_instructions.jsonl")]
+    assert len(accepted) == 8
+    heuristics = HeuristicFilter.from_file(resource_path("filters/default.toml"))
+    assert all(heuristics.check(text).kept for text in accepted)
+    scorer = rouge_scorer.RougeScorer(["rougeL"], use_stemmer=False)
+    seeds = [t.instruction for t in load_seeds(resource_path("seeds/en.jsonl"))]
+    for text in accepted:
+        assert max(scorer.score(s, text)["rougeL"].fmeasure for s in seeds) <= 0.7
+    for a, b in itertools.combinations(accepted, 2):
+        assert scorer.score(a, b)["rougeL"].fmeasure <= 0.7
+
+
+def test_run_writes_every_stage(run_dir: Path):
+    ids = {r["id"] for r in read_jsonl(run_dir / "machine_instructions.jsonl")}
+    classification = read_jsonl(run_dir / "classification.jsonl")
+    assert {r["id"] for r in classification} == ids
+    assert all(isinstance(r["is_classification"], bool) for r in classification)
+    instances = read_jsonl(run_dir / "instances.jsonl")
+    assert {r["id"] for r in instances} == ids
+    assert sum(len(r["instances"]) for r in instances) > 0
+    for rejected in read_jsonl(run_dir / "rejected.jsonl"):
+        assert rejected["reason"].replace("_", "").isalpha()
+    stats = json.loads((run_dir / "stats.json").read_text())
+    assert stats["instructions"]["accepted"] == 8
+    assert stats["tokens"]["completion"] > 0
+
+
+def test_dataset_loads_with_datasets(run_dir: Path):
+    import datasets
+
+    ds = datasets.load_dataset("json", data_files=str(run_dir / "dataset.jsonl"), split="train")
+    assert len(ds) > 0
+    assert {"instruction", "input", "output"} <= set(ds.column_names)
+    assert all(row["output"].strip() for row in ds)
+    assert len(ds) == json.loads((run_dir / "stats.json").read_text())["dataset_records"]
+
+
+def test_api_key_is_never_written(run_dir: Path):
+    for path in run_dir.iterdir():
+        assert SECRET not in path.read_text(errors="replace"), path.name
+    config = json.loads((run_dir / "config.json").read_text())
+    assert config["backend"]["model"] == "SmolLM2-135M-Instruct"
+
+
+def test_chat_endpoint(vllm_server):
+    import asyncio
+
+    from selfinstruct.config import Sampling
+    from selfinstruct.generation.client import LLMClient
+
+    async def ask():
+        client = LLMClient([vllm_server.base_url], vllm_server.served_name, api="chat")
+        try:
+            return await client.complete("Name one color.", Sampling(temperature=0, max_tokens=8))
+        finally:
+            await client.close()
+
+    completion = asyncio.run(ask())
+    assert completion.text.strip() and completion.completion_tokens > 0
+
+
+def test_unknown_model_is_a_one_line_error(vllm_server, tmp_path: Path):
+    result = selfinstruct(
+        "run", "--backend", "openai", "--base-url", vllm_server.base_url, "--model", "no-such-model",
+        "-n", "2", "-o", str(tmp_path / "run"), "--no-progress",
+    )  # fmt: skip
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines()[-1].startswith("error: model 'no-such-model' is not served")
+    assert "Traceback" not in result.stderr

@@ -1,0 +1,129 @@
+"""Loop logic of the pipeline, with a fake model that answers from queues and records prompts."""
+
+import asyncio
+import json
+import random
+from pathlib import Path
+
+from selfinstruct.config import RunConfig
+from selfinstruct.filters import HeuristicFilter
+from selfinstruct.generation.client import Completion
+from selfinstruct.pipeline import Pipeline, sample_demos
+from selfinstruct.resources import resource_path
+from selfinstruct.tasks import SeedTask, read_jsonl
+
+SEEDS = [SeedTask(id=f"s{i}", instruction=f"Seed task number {w} about topic {w}.") for i, w in
+         enumerate(["alpha", "bravo", "charlie", "delta", "echo", "foxtrot", "golf", "hotel"])]  # fmt: skip
+HEURISTICS = HeuristicFilter.from_file(resource_path("filters/default.toml"))
+
+
+class FakeLLM:
+    api = "completions"
+
+    def __init__(self, instruction_texts):
+        self.instruction_texts = iter(instruction_texts)
+        self.prompts: list[str] = []
+
+    async def complete(self, prompt, sampling, stop=None):
+        self.prompts.append(prompt)
+        await asyncio.sleep(0)
+        if prompt.startswith("Come up with"):
+            text = next(self.instruction_texts, " Seed task number alpha about topic alpha.")
+        elif prompt.endswith("Is it classification?"):
+            text = " Yes" if "spam" in prompt.rsplit("Task:", 1)[1] else " No"
+        elif prompt.endswith("Class label:"):
+            text = " Spam\nInput: WIN A PRIZE NOW\nClass label: Not spam\nInput: Lunch at noon?\n"
+        else:
+            text = " <none>\nOutput: A complete answer.\n"
+        return Completion(text, "stop", prompt_tokens=10, completion_tokens=5)
+
+
+NOVEL = [
+    "Explain why the sky looks blue on a clear afternoon.",
+    "List four vegetables that grow well in cold climates.",
+    "Convert the recipe quantities from cups to grams.",
+    "Suggest a weekend itinerary for a first visit to Lisbon.",
+    "Rewrite this email so that it sounds more polite.",
+    "Compute the average of the numbers given below.",
+    "Name three inventions that changed how people travel.",
+    "Compose a limerick about a forgetful wizard.",
+    "Outline the steps for changing a flat bicycle tyre.",
+    "Give feedback on the opening line of this short story.",
+    "Translate the greeting into Spanish and Italian.",
+    "Recommend a board game for a family of five.",
+]
+
+
+def novel(n):
+    return NOVEL[n]
+
+
+def run(tmp_path: Path, llm, **overrides) -> Pipeline:
+    config = RunConfig(**{"num_instructions": 5, "concurrency": 2, "seed": 7, **overrides})
+    pipeline = Pipeline(config, llm, SEEDS, HEURISTICS, tmp_path, progress=False)
+    asyncio.run(pipeline.run())
+    return pipeline
+
+
+def test_stops_at_exactly_the_target_and_writes_every_stage(tmp_path: Path):
+    replies = [f" {novel(i)}\n10. {novel(i + 1)}\n11. {novel(i + 2)}" for i in (0, 3, 6)]
+    pipeline = run(tmp_path, FakeLLM(replies))
+    accepted = read_jsonl(tmp_path / "machine_instructions.jsonl")
+    assert len(accepted) == 5
+    assert len({r["instruction"] for r in accepted}) == 5
+    assert all(0 <= r["similarity"] <= 0.7 for r in accepted)
+    assert len(read_jsonl(tmp_path / "classification.jsonl")) == 5
+    dataset = read_jsonl(tmp_path / "dataset.jsonl")
+    assert len(dataset) == 5 and all(r["output"] == "A complete answer." for r in dataset)
+    stats = json.loads((tmp_path / "stats.json").read_text())
+    assert stats["instructions"]["accepted"] == 5 and stats["dataset_records"] == 5
+    assert pipeline.stats.in_flight == 0
+
+
+def test_rejects_are_recorded_with_their_reason(tmp_path: Path):
+    replies = [
+        " Seed task number alpha about topic alpha.\n10. Draw a picture of a cat please.\n11. Too short.",
+        " " + novel(1),
+        " " + novel(2) + "\n10. " + novel(3) + "\n11. " + novel(4) + "\n12. " + novel(5),
+    ]
+    run(tmp_path, FakeLLM(replies), concurrency=1)
+    reasons = [r["reason"] for r in read_jsonl(tmp_path / "rejected.jsonl")]
+    assert reasons == ["too_similar", "blacklisted_keyword", "too_short"]
+    similar = read_jsonl(tmp_path / "rejected.jsonl")[0]
+    assert similar["most_similar"] == "Seed task number alpha about topic alpha." and similar["similarity"] == 1.0
+
+
+def test_accepted_instructions_join_the_pool_and_later_prompts(tmp_path: Path):
+    llm = FakeLLM([" " + novel(i) for i in range(10)])
+    run(tmp_path, llm, concurrency=1)
+    first = read_jsonl(tmp_path / "machine_instructions.jsonl")[0]["instruction"]
+    bootstrap_prompts = [p for p in llm.prompts if p.startswith("Come up with")]
+    assert first not in bootstrap_prompts[0]
+    assert any(first in p for p in bootstrap_prompts[2:])  # sampled as a machine demo later
+
+
+def test_classification_tasks_get_output_first_instances(tmp_path: Path):
+    replies = [" Decide whether the message is spam or a normal message from a friend."] + [
+        " " + novel(i) for i in range(10)
+    ]
+    run(tmp_path, FakeLLM(replies), concurrency=1)
+    spam = [r for r in read_jsonl(tmp_path / "dataset.jsonl") if r["is_classification"]]
+    assert {(r["input"], r["output"]) for r in spam} == {("WIN A PRIZE NOW", "Spam"), ("Lunch at noon?", "Not spam")}
+
+
+def test_request_budget_ends_a_run_that_finds_nothing_new(tmp_path: Path):
+    llm = FakeLLM([])  # every reply repeats a seed
+    pipeline = run(tmp_path, llm, max_requests=6)
+    assert pipeline.stats.accepted == 0
+    assert sum(1 for p in llm.prompts if p.startswith("Come up with")) == 6
+    assert pipeline.stats.rejected["too_similar"] == 6
+
+
+def test_demo_sampling():
+    seeds = [f"seed {i}" for i in range(10)]
+    assert len(sample_demos(random.Random(1), seeds, [], 8, 2)) == 8
+    demos = sample_demos(random.Random(1), seeds, ["m1"], 8, 2)
+    assert "m1" in demos and len(demos) == 8
+    demos = sample_demos(random.Random(1), seeds, ["m1", "m2", "m3"], 8, 2)
+    assert sum(d.startswith("m") for d in demos) == 2 and len(set(demos)) == 8
+    assert sample_demos(random.Random(5), seeds, ["m1"], 8, 2) == sample_demos(random.Random(5), seeds, ["m1"], 8, 2)
