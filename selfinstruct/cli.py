@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
 import logging
 import signal
 import sys
@@ -46,12 +45,20 @@ def build_parser() -> argparse.ArgumentParser:
     S = argparse.SUPPRESS
     run.add_argument("--config", type=Path, help="TOML file with settings (flags override it).")
     run.add_argument("--seeds", type=Path, default=S, help="Seed tasks (default: seeds/en.jsonl).")
-    run.add_argument("--output-dir", "-o", type=Path, default=S, help="Run directory (default: outputs/run-<time>).")
-    run.add_argument("--num-instructions", "-n", type=int, default=S, help="Instructions to accept (default 20).")
+    run.add_argument(
+        "--output-dir", "-o", type=Path, default=S, help="Run directory (default: outputs/run-<time>)."
+    )
+    run.add_argument(
+        "--num-instructions", "-n", type=int, default=S, help="Instructions to accept (default 20)."
+    )
     run.add_argument("--concurrency", type=int, default=S, help="Requests in flight (default 16).")
     run.add_argument("--seed", type=int, default=S, help="Seed for reproducible sampling.")
-    run.add_argument("--rouge-threshold", type=float, default=S, help="ROUGE-L novelty threshold (default 0.7).")
-    run.add_argument("--filters", type=Path, default=S, help="Heuristic rules TOML (default filters/default.toml).")
+    run.add_argument(
+        "--rouge-threshold", type=float, default=S, help="ROUGE-L novelty threshold (default 0.7)."
+    )
+    run.add_argument(
+        "--filters", type=Path, default=S, help="Heuristic rules TOML (default filters/default.toml)."
+    )
     run.add_argument("--max-requests", type=int, default=S, help="Bootstrap request budget.")
     run.add_argument("--temperature", type=float, default=S, help="Instruction sampling temperature (0.7).")
     run.add_argument("--top-p", type=float, default=S, help="Instruction sampling top_p (0.5).")
@@ -59,11 +66,15 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--presence-penalty", type=float, default=S, help="Instruction presence penalty (2.0).")
     run.add_argument("--backend", choices=["embedded", "vllm", "openai"], default=S, help="Model backend.")
     run.add_argument("--model", default=S, help="Model path/id (vllm) or served name (openai).")
-    run.add_argument("--base-url", type=_url_list, default=S, help="Endpoint URL(s), comma-separated (openai).")
+    run.add_argument(
+        "--base-url", type=_url_list, default=S, help="Endpoint URL(s), comma-separated (openai)."
+    )
     run.add_argument("--api", choices=["completions", "chat"], default=S, help="Generation endpoint.")
     run.add_argument("--timeout", type=float, default=S, help="Seconds per request (300).")
     run.add_argument("--max-attempts", type=int, default=S, help="Tries per request on transient errors (6).")
-    run.add_argument("--server-arg", action="append", default=S, help="Extra vLLM server argument (repeatable).")
+    run.add_argument(
+        "--server-arg", action="append", default=S, help="Extra vLLM server argument (repeatable)."
+    )
     run.add_argument("--no-progress", action="store_true", help="Hide the progress bar.")
     run.set_defaults(func=cmd_run)
 

@@ -35,7 +35,8 @@ class Backend(_Section):
         "vllm: a vLLM server the run starts for `model`; openai: an existing endpoint.",
     )
     model: str | None = Field(
-        None, description="Model name or path (vllm), or served model name (openai; default: the first listed)."
+        None,
+        description="Model name or path (vllm), or served model name (openai; default: the first listed).",
     )
     base_urls: list[str] = Field(
         default_factory=list, description="OpenAI-compatible base URLs (openai backend), used round robin."
@@ -69,7 +70,10 @@ class RunConfig(_Section):
         2, ge=0, description="How many of the demos come from the machine pool once it has enough."
     )
     rouge_threshold: float = Field(
-        0.7, gt=0, le=1, description="Reject an instruction whose ROUGE-L F against any pool item is above this."
+        0.7,
+        gt=0,
+        le=1,
+        description="Reject an instruction whose ROUGE-L F against any pool item is above this.",
     )
     filters: Path = Field(
         default_factory=lambda: resource_path("filters/default.toml"),

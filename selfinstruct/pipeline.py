@@ -38,7 +38,9 @@ from selfinstruct.tasks import JsonlWriter, SeedTask, write_json_atomic
 class LLM(Protocol):
     api: str
 
-    async def complete(self, prompt: str, sampling: Sampling, stop: list[str] | None = None) -> Completion: ...
+    async def complete(
+        self, prompt: str, sampling: Sampling, stop: list[str] | None = None
+    ) -> Completion: ...
 
 
 @dataclass
@@ -134,7 +136,9 @@ class Pipeline:
                 while len(accepted) < cfg.num_instructions:
                     while len(in_flight) < cfg.concurrency and next_request < cfg.request_budget:
                         rng = random.Random(f"{cfg.seed}-{next_request}") if cfg.seed is not None else random
-                        demos = sample_demos(rng, self.seed_instructions, machine, cfg.num_demos, cfg.num_machine_demos)
+                        demos = sample_demos(
+                            rng, self.seed_instructions, machine, cfg.num_demos, cfg.num_machine_demos
+                        )
                         prompt = build_instruction_prompt(demos, self.lang)
                         request = self.ask("instructions", prompt, cfg.instructions, INSTRUCTION_STOP)
                         in_flight[asyncio.ensure_future(request)] = next_request
@@ -153,7 +157,13 @@ class Pipeline:
                             self.stats.candidates += 1
                             decision = run_filters(filters, text)
                             if not decision.kept:
-                                self.reject(text, decision.reason, request_id, decision.most_similar, decision.similarity)
+                                self.reject(
+                                    text,
+                                    decision.reason,
+                                    request_id,
+                                    decision.most_similar,
+                                    decision.similarity,
+                                )
                                 continue
                             task = MachineTask(id=f"machine_task_{len(accepted)}", instruction=text)
                             pool.add(text)

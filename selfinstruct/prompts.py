@@ -58,7 +58,7 @@ def parse_instructions(text: str, truncated: bool = False) -> ParsedInstructions
             continue
         match = _ITEM.match(line)
         if match:
-            items.append([line[match.end():]])
+            items.append([line[match.end() :]])
         else:
             items[-1].append(line)
     found = [one_line(" ".join(item)) for item in items]
@@ -108,7 +108,7 @@ def parse_instances(text: str, is_classification: bool, truncated: bool = False)
     for i, m in enumerate(marks):
         label = m.group(1).lower()
         end = marks[i + 1].start() if i + 1 < len(marks) else len(text)
-        value = text[m.end():end].strip()
+        value = text[m.end() : end].strip()
         if label == opener or not pairs or label in pairs[-1]:
             pairs.append({})
         pairs[-1][label] = value

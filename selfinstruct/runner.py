@@ -20,7 +20,9 @@ from selfinstruct.tasks import SeedTask, load_seeds, write_json_atomic
 log = logging.getLogger(__name__)
 
 
-def run(config_path: Path | None, overrides: dict[str, Any], flag_names: dict[str, str], progress: bool) -> int:
+def run(
+    config_path: Path | None, overrides: dict[str, Any], flag_names: dict[str, str], progress: bool
+) -> int:
     # Check every input before anything slow starts.
     config = load_config(config_path, overrides, flag_names)
     seeds = load_seeds(config.seeds)
@@ -58,7 +60,9 @@ def create_run_dir(path: Path) -> Path:
         (path / ".write-test").touch()
         (path / ".write-test").unlink()
     except OSError as exc:
-        raise UserError(f"{path}: cannot write the output directory ({exc.strerror}) — choose another --output-dir") from None
+        raise UserError(
+            f"{path}: cannot write the output directory ({exc.strerror}) — choose another --output-dir"
+        ) from None
     return path
 
 
@@ -97,5 +101,9 @@ async def _generate(
         pipeline = Pipeline(config, client, seeds, heuristics, run_dir, progress=progress)
         pipeline.stats.retries = client.retries
         return await pipeline.run()
+    except EndpointError:
+        if endpoint.server is not None:
+            endpoint.server.check_alive()  # a dead server we started explains the failure better
+        raise
     finally:
         await client.close()

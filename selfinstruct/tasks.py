@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -111,7 +110,3 @@ def write_json_atomic(path: Path, data: Any) -> None:
     tmp = Path(path).with_suffix(".tmp")
     tmp.write_text(json.dumps(data, ensure_ascii=False, indent=2) + "\n", encoding="utf-8")
     os.replace(tmp, path)
-
-
-def iter_instructions(tasks: Iterable[SeedTask]) -> list[str]:
-    return [t.instruction for t in tasks]

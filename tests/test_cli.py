@@ -8,7 +8,9 @@ import pytest
 
 
 def selfinstruct(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "selfinstruct", *args], capture_output=True, text=True, timeout=120)
+    return subprocess.run(
+        [sys.executable, "-m", "selfinstruct", *args], capture_output=True, text=True, timeout=120
+    )
 
 
 def assert_user_error(result: subprocess.CompletedProcess, *fragments: str) -> None:
@@ -38,7 +40,9 @@ def test_malformed_seed_file_names_the_line(tmp_path: Path):
 def test_unknown_config_key(tmp_path: Path):
     config = tmp_path / "run.toml"
     config.write_text("num_instruction = 5\n")
-    assert_user_error(selfinstruct("run", "--config", str(config)), "run.toml: num_instruction", "unknown setting")
+    assert_user_error(
+        selfinstruct("run", "--config", str(config)), "run.toml: num_instruction", "unknown setting"
+    )
 
 
 @pytest.mark.parametrize(

@@ -21,7 +21,9 @@ def test_defaults_follow_the_paper():
 
 def test_toml_and_cli_overrides(tmp_path: Path):
     toml = tmp_path / "run.toml"
-    toml.write_text('num_instructions = 50\nconcurrency = 4\n[backend]\nkind = "openai"\n[instructions]\ntop_p = 0.9\n')
+    toml.write_text(
+        'num_instructions = 50\nconcurrency = 4\n[backend]\nkind = "openai"\n[instructions]\ntop_p = 0.9\n'
+    )
     cfg = load_config(toml, {"concurrency": 8, "instructions.temperature": 1.0}, {})
     assert (cfg.num_instructions, cfg.concurrency) == (50, 8)
     assert (cfg.instructions.top_p, cfg.instructions.temperature) == (0.9, 1.0)
@@ -40,7 +42,12 @@ def test_unknown_key_names_the_file_and_key(tmp_path: Path):
     "key, flag, value, message",
     [
         ("concurrency", "--concurrency", 0, "--concurrency: Input should be greater than or equal to 1"),
-        ("rouge_threshold", "--rouge-threshold", 1.5, "--rouge-threshold: Input should be less than or equal to 1"),
+        (
+            "rouge_threshold",
+            "--rouge-threshold",
+            1.5,
+            "--rouge-threshold: Input should be less than or equal to 1",
+        ),
         ("num_instructions", "--num-instructions", -3, "--num-instructions: Input should be greater than 0"),
     ],
 )
@@ -71,7 +78,9 @@ def test_load_seed_format_and_alpaca_formats(tmp_path: Path):
     assert (task.id, task.instruction, task.instances[0].input) == ("seed_task_0", "Add.", "1, 2")
 
     alpaca_jsonl = tmp_path / "alpaca.jsonl"
-    alpaca_jsonl.write_text('{"instruction": "Add.", "input": "", "output": "3"}\n\n{"instruction": "Sub.", "output": "1"}\n')
+    alpaca_jsonl.write_text(
+        '{"instruction": "Add.", "input": "", "output": "3"}\n\n{"instruction": "Sub.", "output": "1"}\n'
+    )
     assert [t.instruction for t in load_seeds(alpaca_jsonl)] == ["Add.", "Sub."]
 
 

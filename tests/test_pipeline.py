@@ -90,7 +90,10 @@ def test_rejects_are_recorded_with_their_reason(tmp_path: Path):
     reasons = [r["reason"] for r in read_jsonl(tmp_path / "rejected.jsonl")]
     assert reasons == ["too_similar", "blacklisted_keyword", "too_short"]
     similar = read_jsonl(tmp_path / "rejected.jsonl")[0]
-    assert similar["most_similar"] == "Seed task number alpha about topic alpha." and similar["similarity"] == 1.0
+    assert (
+        similar["most_similar"] == "Seed task number alpha about topic alpha."
+        and similar["similarity"] == 1.0
+    )
 
 
 def test_accepted_instructions_join_the_pool_and_later_prompts(tmp_path: Path):
@@ -108,7 +111,10 @@ def test_classification_tasks_get_output_first_instances(tmp_path: Path):
     ]
     run(tmp_path, FakeLLM(replies), concurrency=1)
     spam = [r for r in read_jsonl(tmp_path / "dataset.jsonl") if r["is_classification"]]
-    assert {(r["input"], r["output"]) for r in spam} == {("WIN A PRIZE NOW", "Spam"), ("Lunch at noon?", "Not spam")}
+    assert {(r["input"], r["output"]) for r in spam} == {
+        ("WIN A PRIZE NOW", "Spam"),
+        ("Lunch at noon?", "Not spam"),
+    }
 
 
 def test_request_budget_ends_a_run_that_finds_nothing_new(tmp_path: Path):
@@ -126,4 +132,6 @@ def test_demo_sampling():
     assert "m1" in demos and len(demos) == 8
     demos = sample_demos(random.Random(1), seeds, ["m1", "m2", "m3"], 8, 2)
     assert sum(d.startswith("m") for d in demos) == 2 and len(set(demos)) == 8
-    assert sample_demos(random.Random(5), seeds, ["m1"], 8, 2) == sample_demos(random.Random(5), seeds, ["m1"], 8, 2)
+    assert sample_demos(random.Random(5), seeds, ["m1"], 8, 2) == sample_demos(
+        random.Random(5), seeds, ["m1"], 8, 2
+    )

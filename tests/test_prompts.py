@@ -13,10 +13,7 @@ from selfinstruct.tasks import Instance
 def test_instruction_prompt_is_an_open_numbered_list():
     prompt = build_instruction_prompt(["Add two numbers.", "Name a  color\nthat is warm."])
     assert prompt == (
-        "Come up with a series of diverse tasks:\n"
-        "1. Add two numbers.\n"
-        "2. Name a color that is warm.\n"
-        "3."
+        "Come up with a series of diverse tasks:\n1. Add two numbers.\n2. Name a color that is warm.\n3."
     )
 
 
@@ -77,7 +74,9 @@ def test_parse_classification():
 def test_instance_prompts_leave_the_right_label_open():
     assert instance_prompt_tail(build_instance_prompt("Sort the words.", False)) == "Input:"
     assert instance_prompt_tail(build_instance_prompt("Is it spam?", True)) == "Class label:"
-    assert build_instance_prompt("Sort the words.", False).endswith("Task: Sort the words.\nExample 1\nInput:")
+    assert build_instance_prompt("Sort the words.", False).endswith(
+        "Task: Sort the words.\nExample 1\nInput:"
+    )
 
 
 def test_parse_input_first_instances():
@@ -90,7 +89,9 @@ def test_parse_input_first_instances():
 
 def test_parse_input_first_keeps_multiline_outputs():
     text = "Input: <none>\nOutput: 1. Stretch.\n2. Drink water.\n"
-    assert parse_instances(text, False).instances == [Instance(input="", output="1. Stretch.\n2. Drink water.")]
+    assert parse_instances(text, False).instances == [
+        Instance(input="", output="1. Stretch.\n2. Drink water.")
+    ]
 
 
 def test_parse_drops_a_lone_label_from_a_repetition_loop():
@@ -99,7 +100,10 @@ def test_parse_drops_a_lone_label_from_a_repetition_loop():
 
 
 def test_parse_output_first_instances():
-    text = "Class label: Positive\nInput: Loved it.\nClass label: Negative\nInput: Hated it.\nClass label: Neutral\n"
+    text = (
+        "Class label: Positive\nInput: Loved it.\nClass label: Negative\nInput: Hated it.\n"
+        "Class label: Neutral\n"
+    )
     assert parse_instances(text, is_classification=True).instances == [
         Instance(input="Loved it.", output="Positive"),
         Instance(input="Hated it.", output="Negative"),

@@ -61,7 +61,9 @@ class HeuristicFilter:
             with open(path, "rb") as f:
                 data = tomllib.load(f)
         except FileNotFoundError:
-            raise UserError(f"{path}: filter rules not found — pass --filters with an existing TOML file") from None
+            raise UserError(
+                f"{path}: filter rules not found — pass --filters with an existing TOML file"
+            ) from None
         except tomllib.TOMLDecodeError as exc:
             raise UserError(f"{path}: not valid TOML: {exc}") from None
         try:

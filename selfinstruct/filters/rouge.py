@@ -60,7 +60,7 @@ class RougePool:
     def most_similar(self, text: str) -> tuple[str | None, float]:
         tokens = tokenize(text)
         best, best_score = None, 0.0
-        for other, other_tokens in zip(self.texts, self._tokens):
+        for other, other_tokens in zip(self.texts, self._tokens, strict=True):
             score = rouge_l_f(tokens, other_tokens)
             if score > best_score:
                 best, best_score = other, score

@@ -20,6 +20,7 @@ class Endpoint:
     base_urls: list[str]
     model: str | None  # None: use the first model the endpoint lists
     api_key: str = "EMPTY"
+    server: VLLMServer | None = None  # set when the run started the server itself
 
 
 def check_backend(backend: Backend) -> None:
@@ -39,7 +40,9 @@ def server_for(backend: Backend, log_path: Path | None, seed: int | None = None)
     return VLLMServer(
         model,
         served_name=name,
-        extra_args=(CPU_ARGS if on_cpu else []) + ([] if seed is None else ["--seed", str(seed)]) + backend.server_args,
+        extra_args=(CPU_ARGS if on_cpu else [])
+        + ([] if seed is None else ["--seed", str(seed)])
+        + backend.server_args,
         env=CPU_ENV if on_cpu else {},
         log_path=log_path,
         startup_timeout=backend.startup_timeout,
@@ -47,11 +50,13 @@ def server_for(backend: Backend, log_path: Path | None, seed: int | None = None)
 
 
 @contextmanager
-def open_endpoint(backend: Backend, log_path: Path | None = None, seed: int | None = None) -> Iterator[Endpoint]:
+def open_endpoint(
+    backend: Backend, log_path: Path | None = None, seed: int | None = None
+) -> Iterator[Endpoint]:
     """Yield the endpoint to talk to; a server started here is stopped on the way out."""
     check_backend(backend)
     if backend.kind == "openai":
         yield Endpoint(backend.base_urls, backend.model, os.environ.get("OPENAI_API_KEY", "EMPTY"))
         return
     with server_for(backend, log_path, seed) as server:
-        yield Endpoint([server.base_url], server.served_name)
+        yield Endpoint([server.base_url], server.served_name, server=server)

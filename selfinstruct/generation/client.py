@@ -110,7 +110,9 @@ class LLMClient:
 
     async def _request(self, client: openai.AsyncOpenAI, prompt: str, kwargs: dict) -> Completion:
         if self.api == "chat":
-            resp = await client.chat.completions.create(messages=[{"role": "user", "content": prompt}], **kwargs)
+            resp = await client.chat.completions.create(
+                messages=[{"role": "user", "content": prompt}], **kwargs
+            )
             choice = resp.choices[0]
             text = choice.message.content or ""
         else:

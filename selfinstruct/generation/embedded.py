@@ -90,9 +90,7 @@ def _convert_gguf(gguf_dir: Path, out_dir: Path) -> None:
         ) from exc
     log.info("converting %s to a Hugging Face folder (about a minute)", GGUF_NAME)
     tokenizer = AutoTokenizer.from_pretrained(gguf_dir, gguf_file=GGUF_NAME)
-    model = AutoModelForCausalLM.from_pretrained(
-        gguf_dir, gguf_file=GGUF_NAME, dtype=torch.float32
-    )
+    model = AutoModelForCausalLM.from_pretrained(gguf_dir, gguf_file=GGUF_NAME, dtype=torch.float32)
     # transformers still marks the dequantized model as GGUF-quantized; saving refuses until cleared.
     model.hf_quantizer = None
     if hasattr(model.config, "quantization_config"):

@@ -13,10 +13,10 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.error
 import urllib.request
-from collections import deque
 from pathlib import Path
 
 from selfinstruct.errors import UserError
@@ -24,9 +24,15 @@ from selfinstruct.errors import UserError
 log = logging.getLogger(__name__)
 
 # Measured on 2-core CPU machines: torch.compile warm-up never finished and bf16 has no fast path
-# on AVX2, so the CPU build runs eager in fp32; the KV cache size is set explicitly (GiB).
+# on AVX2, so the CPU build runs eager in fp32; the KV cache size is set explicitly (GiB). By default
+# vLLM binds its compute to all cores but one, which it reserves; on 2 cores computing on both gave
+# about twice the tokens/s (see docs/benchmarks.md). Variables the user has set take precedence.
 CPU_ARGS = ["--dtype", "float32", "--enforce-eager", "--max-model-len", "2048"]
-CPU_ENV = {"VLLM_CPU_KVCACHE_SPACE": "2"}
+CPU_ENV = {
+    "VLLM_CPU_KVCACHE_SPACE": "2",
+    "VLLM_CPU_OMP_THREADS_BIND": f"0-{(os.cpu_count() or 1) - 1}",
+    "VLLM_CPU_NUM_OF_RESERVED_CPU": "0",
+}
 
 
 def free_port() -> int:
@@ -59,7 +65,10 @@ class VLLMServer:
         self.served_name = served_name
         self.extra_args = list(extra_args or [])
         self.env = dict(env or {})
-        self.log_path = Path(log_path) if log_path else None
+        # Always a file: a pipe nobody reads would block the server once its buffer fills.
+        self.log_path = (
+            Path(log_path) if log_path else Path(tempfile.mkstemp(prefix="vllm-", suffix=".log")[1])
+        )
         self.startup_timeout = startup_timeout
         self.port = free_port()
         self.process: subprocess.Popen | None = None
@@ -89,12 +98,10 @@ class VLLMServer:
                 "vLLM is not installed: pip install 'selfinstruct[cpu]' (CPU) or 'selfinstruct[vllm]' (GPU)"
             ) from None
         env = {**os.environ, **{k: v for k, v in self.env.items() if k not in os.environ}}
-        if self.log_path:
-            self._log_file = open(self.log_path, "ab")
-        out = self._log_file or subprocess.PIPE
+        self._log_file = open(self.log_path, "ab")
         log.info("starting vLLM for %s on port %d", self.model, self.port)
         self.process = subprocess.Popen(
-            self.command(), env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+            self.command(), env=env, stdout=self._log_file, stderr=subprocess.STDOUT, start_new_session=True
         )
         atexit.register(self.stop)
         self._wait_ready()
@@ -107,7 +114,9 @@ class VLLMServer:
             if self.process.poll() is not None:
                 tail = self._log_tail()
                 self.stop()
-                raise UserError(f"vLLM server exited with code {self.process.returncode} while starting: {tail}")
+                raise UserError(
+                    f"vLLM server exited with code {self.process.returncode} while starting: {tail}"
+                )
             try:
                 with urllib.request.urlopen(url, timeout=5) as resp:
                     if resp.status == 200:
@@ -118,19 +127,24 @@ class VLLMServer:
             time.sleep(1.0)
         self.stop()
         raise UserError(
-            f"vLLM server not ready after {self.startup_timeout:.0f} s — raise backend.startup_timeout"
-            + (f" or see {self.log_path}" if self.log_path else "")
+            f"vLLM server not ready after {self.startup_timeout:.0f} s "
+            f"— raise backend.startup_timeout or see {self.log_path}"
         )
 
+    def check_alive(self) -> None:
+        """Raise a clear error when the server process has died (e.g. mid-run)."""
+        if self.process is not None and self.process.poll() is not None:
+            raise UserError(
+                f"the vLLM server stopped (exit code {self.process.returncode}): {self._log_tail()} "
+                f"— see {self.log_path}"
+            )
+
     def _log_tail(self) -> str:
-        if self.log_path and self.log_path.exists():
-            lines = self.log_path.read_text(errors="replace").strip().splitlines()
-        elif self.process and self.process.stdout:
-            lines = self.process.stdout.read().decode(errors="replace").strip().splitlines()
-        else:
-            lines = []
-        tail = deque((ln for ln in lines if ln.strip()), maxlen=1)
-        return tail[0] if tail else "no output"
+        """The most telling line of the server's output: its last error, else its last line."""
+        lines = self.log_path.read_text(errors="replace").splitlines() if self.log_path.exists() else []
+        lines = [ln.strip() for ln in lines if ln.strip()]
+        errors = [ln for ln in lines if "Error" in ln]
+        return (errors or lines or ["no output"])[-1][-300:]
 
     def stop(self) -> None:
         """Stop the server's whole process group: SIGTERM, then SIGKILL after a grace period."""
