@@ -46,9 +46,12 @@ def main() -> None:
     )
     parser.add_argument("--requests", type=int, default=32)
     parser.add_argument("--concurrency", type=int, default=16)
+    parser.add_argument(
+        "--seeds", default=str(resource_path("seeds/en.jsonl")), help="Seed tasks for the prompts."
+    )
     args = parser.parse_args()
 
-    seeds = [t.instruction for t in load_seeds(resource_path("seeds/en.jsonl"))]
+    seeds = [t.instruction for t in load_seeds(args.seeds)]
     rng = random.Random(0)
     prompts = [build_instruction_prompt(rng.sample(seeds, 8)) for _ in range(args.requests)]
     model = str(prepare_embedded_model())

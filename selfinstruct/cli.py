@@ -1,4 +1,4 @@
-"""`python -m selfinstruct <command>`: run, models."""
+"""`python -m selfinstruct <command>`: run, seeds, models."""
 
 from __future__ import annotations
 
@@ -21,6 +21,8 @@ RUN_FLAGS = {
     "seed": "seed",
     "rouge_threshold": "rouge_threshold",
     "filters": "filters",
+    "language": "language",
+    "tokenizer": "tokenizer",
     "max_requests": "max_requests",
     "temperature": "instructions.temperature",
     "top_p": "instructions.top_p",
@@ -59,6 +61,18 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument(
         "--filters", type=Path, default=S, help="Heuristic rules TOML (default filters/default.toml)."
     )
+    run.add_argument(
+        "--language",
+        choices=["auto", "en", "zh"],
+        default=S,
+        help="Prompt language (default: the seeds').",
+    )
+    run.add_argument(
+        "--tokenizer",
+        choices=["auto", "rouge", "unicode"],
+        default=S,
+        help="ROUGE-L tokenizer (default: rouge_score's for plain Latin text, else Unicode).",
+    )
     run.add_argument("--max-requests", type=int, default=S, help="Bootstrap request budget.")
     run.add_argument("--temperature", type=float, default=S, help="Instruction sampling temperature (0.7).")
     run.add_argument("--top-p", type=float, default=S, help="Instruction sampling top_p (0.5).")
@@ -77,6 +91,17 @@ def build_parser() -> argparse.ArgumentParser:
     )
     run.add_argument("--no-progress", action="store_true", help="Hide the progress bar.")
     run.set_defaults(func=cmd_run)
+
+    seeds = commands.add_parser("seeds", help="Work with seed task files.")
+    seeds_cmds = seeds.add_subparsers(dest="seeds_command", required=True)
+    check = seeds_cmds.add_parser("check", help="Validate a seed file and print a summary table.")
+    check.add_argument("path", type=Path, help="Seed JSONL (Self-Instruct format) or Alpaca JSON/JSONL.")
+    check.add_argument(
+        "--threshold", type=float, default=0.7, help="ROUGE-L above which two seeds are near-duplicates."
+    )
+    check.add_argument("--tokenizer", choices=["auto", "rouge", "unicode"], default="auto")
+    check.add_argument("--json", action="store_true", help="Print the summary as JSON.")
+    check.set_defaults(func=cmd_seeds_check)
 
     models = commands.add_parser("models", help="Manage the embedded default model.")
     models_cmds = models.add_subparsers(dest="models_command", required=True)
@@ -99,6 +124,20 @@ def cmd_run(args: argparse.Namespace) -> int:
     overrides = {RUN_FLAGS[flag]: value for flag, value in given.items()}
     flag_names = {RUN_FLAGS[flag]: "--" + flag.replace("_", "-") for flag in given}
     return run(args.config, overrides, flag_names, progress=not args.no_progress)
+
+
+def cmd_seeds_check(args: argparse.Namespace) -> int:
+    import json
+
+    from selfinstruct.seedcheck import check_seeds, format_summary
+
+    if not 0 < args.threshold <= 1:
+        raise UserError(f"--threshold: {args.threshold} is outside (0, 1] — pass e.g. 0.7")
+    summary = check_seeds(args.path, args.threshold, args.tokenizer)
+    print(
+        json.dumps(summary.to_dict(), ensure_ascii=False, indent=2) if args.json else format_summary(summary)
+    )
+    return 2 if summary.problems else 0
 
 
 def cmd_models_prepare(args: argparse.Namespace) -> int:

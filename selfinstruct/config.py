@@ -9,6 +9,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from selfinstruct.errors import UserError
+from selfinstruct.filters.tokenizers import default_tokenizer, detect_language
 from selfinstruct.resources import resource_path
 
 
@@ -75,11 +76,24 @@ class RunConfig(_Section):
         le=1,
         description="Reject an instruction whose ROUGE-L F against any pool item is above this.",
     )
+    language: Literal["auto", "en", "zh"] = Field(
+        "auto", description="Prompt language; auto: Chinese when the seeds are mostly CJK text, else English."
+    )
+    tokenizer: Literal["auto", "rouge", "unicode"] = Field(
+        "auto",
+        description="ROUGE-L tokens; auto: rouge_score's for unaccented Latin text, else the Unicode one.",
+    )
     filters: Path = Field(
         default_factory=lambda: resource_path("filters/default.toml"),
         description="Heuristic filter rules (TOML).",
     )
     max_instances: int = Field(5, ge=1, description="Most instances kept per task.")
+    near_duplicate_threshold: float = Field(
+        0.9,
+        gt=0,
+        le=1,
+        description="Drop records whose instruction + input has MinHash Jaccard >= this to another task's",
+    )
     max_requests: int | None = Field(
         None, ge=1, description="Stop bootstrapping after this many requests (default: 50 + 20 per target)."
     )
@@ -100,6 +114,13 @@ class RunConfig(_Section):
     @property
     def request_budget(self) -> int:
         return self.max_requests or 50 + 20 * self.num_instructions
+
+    def resolve_auto(self, seed_instructions: list[str]) -> None:
+        """Replace `auto` language and tokenizer by what the seed instructions call for."""
+        if self.language == "auto":
+            self.language = detect_language(seed_instructions)
+        if self.tokenizer == "auto":
+            self.tokenizer = default_tokenizer(seed_instructions)
 
 
 def load_config(path: Path | None, overrides: dict[str, Any], flag_names: dict[str, str]) -> RunConfig:

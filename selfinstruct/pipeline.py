@@ -17,7 +17,8 @@ from typing import Protocol
 
 from selfinstruct.config import RunConfig, Sampling
 from selfinstruct.filters import HeuristicFilter, NoveltyFilter, RougePool, run_filters
-from selfinstruct.filters.instances import apply_instance_rules
+from selfinstruct.filters.instances import NearDuplicateRecords, apply_instance_rules
+from selfinstruct.filters.tokenizers import TOKENIZERS
 from selfinstruct.generation.client import Completion
 from selfinstruct.progress import Progress
 from selfinstruct.prompts import (
@@ -82,17 +83,18 @@ class Pipeline:
         seeds: list[SeedTask],
         heuristics: HeuristicFilter,
         run_dir: Path,
-        lang: str = "en",
         progress: bool = True,
     ):
         self.config = config
         self.llm = llm
         self.seed_instructions = [s.instruction for s in seeds]
+        config.resolve_auto(self.seed_instructions)
         self.heuristics = heuristics
-        self.lang = lang
+        self.lang = config.language
         self.files = RunFiles(run_dir)
         self.stats = RunStats(target=config.num_instructions)
         self.progress = Progress(self.stats, enabled=progress)
+        self.near_duplicates = NearDuplicateRecords(config.near_duplicate_threshold)
 
     async def run(self) -> RunStats:
         try:
@@ -125,7 +127,7 @@ class Pipeline:
     # Stage 1 -----------------------------------------------------------------------------------
     async def generate_instructions(self) -> list[MachineTask]:
         cfg = self.config
-        pool = RougePool(self.seed_instructions)
+        pool = RougePool(self.seed_instructions, TOKENIZERS[cfg.tokenizer])
         filters = [self.heuristics, NoveltyFilter(pool, cfg.rouge_threshold)]
         machine: list[str] = []
         accepted: list[MachineTask] = []
@@ -214,6 +216,14 @@ class Pipeline:
         kept, drops = apply_instance_rules(parsed.instances, cfg.max_instances)
         if parsed.truncated:
             drops["truncated"] += 1
+        records = [(f"{task.id}-{n}", inst) for n, inst in enumerate(kept)]
+        unique = [
+            (key, inst)
+            for key, inst in records
+            if not self.near_duplicates.is_duplicate(key, task.id, task.instruction, inst.input)
+        ]
+        if len(unique) < len(records):
+            drops["near_duplicate"] += len(records) - len(unique)
         self.files.instances.write({
             "id": task.id,
             "instruction": task.instruction,
@@ -222,16 +232,16 @@ class Pipeline:
             "raw": completion.text,
             "dropped": dict(drops),
         })  # fmt: skip
-        for n, inst in enumerate(kept):
+        for key, inst in unique:
             self.files.dataset.write({
                 "instruction": task.instruction,
                 "input": inst.input,
                 "output": inst.output,
-                "id": f"{task.id}-{n}",
+                "id": key,
                 "is_classification": is_clf,
             })  # fmt: skip
         self.stats.instances_generated += len(parsed.instances) + (1 if parsed.truncated else 0)
-        self.stats.instances_kept += len(kept)
+        self.stats.instances_kept += len(unique)
         self.stats.instance_drops.update(drops)
         self.stats.tasks_annotated += 1
         self.progress.advance()

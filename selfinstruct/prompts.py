@@ -11,13 +11,20 @@ from selfinstruct.tasks import Instance
 
 # Stop generation at the 16th list item or a blank line, as the Self-Instruct code did.
 INSTRUCTION_STOP = ["\n\n", "\n16", "16.", "16 ."]
-INSTANCE_STOP = ["\nTask:"]
-NO_INPUT = {"<none>", "<noinput>", "<no input>"}
+INSTANCE_STOP = ["\nTask:", "\n任务："]
+NO_INPUT = {"<none>", "<noinput>", "<no input>", "<无>", "无"}
+LANGUAGES = ("en", "zh")
 
 _WS = re.compile(r"\s+")
 _ITEM = re.compile(r"^\s*\d{1,3}\s*[.)](?:\s+|$)")
-_EXAMPLE = re.compile(r"^\s*Example\s*\d+\s*:?\s*$", re.IGNORECASE)
-_LABEL = re.compile(r"^\s*(Input|Output|Class label)\s*\d*\s*:", re.IGNORECASE | re.MULTILINE)
+_EXAMPLE = re.compile(r"^\s*(?:Example|示例)\s*\d+\s*[:：]?\s*$", re.IGNORECASE)
+# The labels of the instance templates, English and Chinese, mapped to one key each.
+_LABELS = {"input": "input", "output": "output", "class label": "class label"}
+_LABELS |= {"输入": "input", "输出": "output", "类别": "class label"}
+_LABEL = re.compile(
+    r"^\s*(Input|Output|Class label|输入|输出|类别)\s*\d*\s*[:：]", re.IGNORECASE | re.MULTILINE
+)
+_ANSWERS = {"yes": True, "no": False, "是": True, "否": False, "不": False}
 
 
 @cache
@@ -72,10 +79,9 @@ def build_classification_prompt(instruction: str, lang: str = "en") -> str:
 
 
 def parse_classification(text: str) -> bool | None:
-    """True for Yes, False for No, None when the answer is neither."""
-    word = re.match(r"\s*([A-Za-z]+)", text)
-    answer = word.group(1).lower() if word else ""
-    return {"yes": True, "no": False}.get(answer)
+    """True for Yes/是, False for No/否/不是, None when the answer is neither."""
+    word = re.match(r"\s*([A-Za-z]+|[是否不])", text)
+    return _ANSWERS.get(word.group(1).lower()) if word else None
 
 
 def build_instance_prompt(instruction: str, is_classification: bool, lang: str = "en") -> str:
@@ -85,7 +91,8 @@ def build_instance_prompt(instruction: str, is_classification: bool, lang: str =
 
 
 def instance_prompt_tail(prompt: str) -> str:
-    """The label the prompt leaves open ('Input:' or 'Class label:'): a completion continues it."""
+    """The label the prompt leaves open ('Input:' or 'Class label:', or the Chinese ones): a completion
+    continues it."""
     return prompt.rsplit("\n", 1)[-1]
 
 
@@ -106,7 +113,7 @@ def parse_instances(text: str, is_classification: bool, truncated: bool = False)
     pairs: list[dict[str, str]] = []
     opener = "class label" if is_classification else "input"
     for i, m in enumerate(marks):
-        label = m.group(1).lower()
+        label = _LABELS[m.group(1).lower()]
         end = marks[i + 1].start() if i + 1 < len(marks) else len(text)
         value = text[m.end() : end].strip()
         if label == opener or not pairs or label in pairs[-1]:

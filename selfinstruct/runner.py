@@ -26,6 +26,7 @@ def run(
     # Check every input before anything slow starts.
     config = load_config(config_path, overrides, flag_names)
     seeds = load_seeds(config.seeds)
+    config.resolve_auto([s.instruction for s in seeds])
     heuristics = HeuristicFilter.from_file(config.filters)
     check_backend(config.backend)
     run_dir = create_run_dir(config.output_dir or Path("outputs") / time.strftime("run-%Y%m%d-%H%M%S"))

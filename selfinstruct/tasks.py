@@ -29,8 +29,8 @@ class SeedTask(BaseModel):
     is_classification: bool = False
 
 
-def load_seeds(path: Path) -> list[SeedTask]:
-    """Read seed tasks from seed-format JSONL, Alpaca JSONL, or a JSON array of either."""
+def load_seeds_located(path: Path) -> list[tuple[str, SeedTask]]:
+    """Seed tasks with where each one is written ('FILE:LINE' or 'FILE: item N'), for messages."""
     path = Path(path)
     if not path.is_file():
         raise UserError(f"{path}: seed file not found — pass --seeds with an existing file")
@@ -41,10 +41,15 @@ def load_seeds(path: Path) -> list[SeedTask]:
     if not text.strip():
         raise UserError(f"{path}: seed file is empty — it needs at least one task")
     rows = _json_array_rows(path, text) if text.lstrip().startswith("[") else _jsonl_rows(path, text)
-    tasks = [_to_task(path, where, i, row) for i, (where, row) in enumerate(rows)]
+    tasks = [(where, _to_task(where, i, row)) for i, (where, row) in enumerate(rows)]
     if not tasks:
         raise UserError(f"{path}: seed file holds no tasks")
     return tasks
+
+
+def load_seeds(path: Path) -> list[SeedTask]:
+    """Read seed tasks from seed-format JSONL, Alpaca JSONL, or a JSON array of either."""
+    return [task for _, task in load_seeds_located(path)]
 
 
 def _json_array_rows(path: Path, text: str) -> list[tuple[str, Any]]:
@@ -67,7 +72,7 @@ def _jsonl_rows(path: Path, text: str) -> list[tuple[str, Any]]:
     return rows
 
 
-def _to_task(path: Path, where: str, index: int, row: Any) -> SeedTask:
+def _to_task(where: str, index: int, row: Any) -> SeedTask:
     if not isinstance(row, dict):
         raise UserError(f"{where}: expected a JSON object with an 'instruction' field")
     if "instances" not in row:  # Alpaca record: one instance

@@ -6,7 +6,8 @@ from rouge_score import rouge_scorer
 from selfinstruct.errors import UserError
 from selfinstruct.filters import HeuristicFilter, NoveltyFilter, RougePool, run_filters
 from selfinstruct.filters.instances import apply_instance_rules
-from selfinstruct.filters.rouge import rouge_l_f, tokenize
+from selfinstruct.filters.rouge import rouge_l_f
+from selfinstruct.filters.tokenizers import rouge_tokens as tokenize
 from selfinstruct.resources import resource_path
 from selfinstruct.tasks import Instance
 
@@ -98,3 +99,16 @@ def test_instance_rules():
 def test_instance_rules_cap_the_count():
     kept, drops = apply_instance_rules([Instance(input=str(i), output=f"out {i}") for i in range(7)], 5)
     assert len(kept) == 5 and drops == {"over_max_instances": 2}
+
+
+def test_near_duplicate_records_across_tasks():
+    from selfinstruct.filters.instances import NearDuplicateRecords
+
+    dedup = NearDuplicateRecords(threshold=0.8)
+    text = "Translate the sentence into French"
+    inp = "The weather in the mountains was cold and windy all week long"
+    assert not dedup.is_duplicate("t0-0", "t0", text, inp)
+    assert not dedup.is_duplicate("t0-1", "t0", text, inp)  # same task: left to the instance rules
+    assert dedup.is_duplicate("t1-0", "t1", text + ".", inp + "!")  # another task, same tokens
+    assert not dedup.is_duplicate("t1-1", "t1", "Summarize the report in one line", "Sales rose 4%.")
+    assert not dedup.is_duplicate("t2-0", "t2", "", "")  # nothing to compare

@@ -11,6 +11,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from selfinstruct.errors import UserError
 from selfinstruct.filters.base import Decision
+from selfinstruct.filters.tokenizers import CJK_CHAR, count_words
 
 
 class _Rules(BaseModel):
@@ -48,11 +49,9 @@ class HeuristicFilter:
     def __init__(self, rules: HeuristicRules, keywords: list[str]):
         self.rules = rules
         self.keywords = keywords
-        self._keyword_re = (
-            re.compile(r"\b(?:" + "|".join(re.escape(k) for k in keywords) + r")\b", re.IGNORECASE)
-            if keywords
-            else None
-        )
+        # Whole words; Chinese has no spaces between words, so a CJK keyword matches anywhere.
+        patterns = [re.escape(k) if CJK_CHAR.search(k) else rf"\b{re.escape(k)}\b" for k in keywords]
+        self._keyword_re = re.compile("|".join(patterns), re.IGNORECASE) if keywords else None
 
     @classmethod
     def from_file(cls, path: Path) -> HeuristicFilter:
@@ -82,7 +81,7 @@ class HeuristicFilter:
 
     def reason(self, text: str) -> str | None:
         """None to keep the instruction, else the reason to drop it."""
-        words = len(text.split())
+        words = count_words(text)
         if words < self.rules.length.min_words:
             return "too_short"
         if words > self.rules.length.max_words:

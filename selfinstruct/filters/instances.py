@@ -4,6 +4,9 @@ from __future__ import annotations
 
 from collections import Counter, defaultdict
 
+from datasketch import MinHash, MinHashLSH
+
+from selfinstruct.filters.tokenizers import unicode_tokens
 from selfinstruct.tasks import Instance
 
 
@@ -46,3 +49,38 @@ def apply_instance_rules(instances: list[Instance], max_instances: int) -> tuple
         drops["over_max_instances"] += len(kept) - max_instances
         kept = kept[:max_instances]
     return kept, drops
+
+
+class NearDuplicateRecords:
+    """MinHash-LSH over (instruction + input) across the whole dataset.
+
+    A record is dropped as `near_duplicate` when its estimated Jaccard similarity (token unigrams
+    and bigrams) to a record of another task already in the dataset reaches the threshold. Records
+    of the same task are left to the instance rules: several outputs for one empty-input task are
+    legitimate data. Applied as records arrive, in order, so dataset.jsonl stays append-only.
+    """
+
+    def __init__(self, threshold: float = 0.9, num_perm: int = 128):
+        self.lsh = MinHashLSH(threshold=threshold, num_perm=num_perm)
+        self.num_perm = num_perm
+        self._task_of: dict[str, str] = {}
+
+    def _minhash(self, text: str) -> MinHash | None:
+        tokens = unicode_tokens(text)
+        shingles = set(tokens) | {f"{a} {b}" for a, b in zip(tokens, tokens[1:], strict=False)}
+        if not shingles:
+            return None
+        m = MinHash(num_perm=self.num_perm)
+        m.update_batch([s.encode() for s in shingles])
+        return m
+
+    def is_duplicate(self, key: str, task_id: str, instruction: str, input: str) -> bool:
+        """Check one record; a record that is kept is remembered for the ones after it."""
+        m = self._minhash(f"{instruction}\n{input}")
+        if m is None:
+            return False
+        if any(self._task_of[k] != task_id for k in self.lsh.query(m)):
+            return True
+        self.lsh.insert(key, m)
+        self._task_of[key] = task_id
+        return False

@@ -6,16 +6,8 @@ tokenizer, no stemming) against any instruction already in the pool is above 0.7
 
 from __future__ import annotations
 
-from rouge_score.tokenizers import DefaultTokenizer
-
 from selfinstruct.filters.base import Decision
-
-_TOKENIZER = DefaultTokenizer(use_stemmer=False)
-
-
-def tokenize(text: str) -> list[str]:
-    """rouge_score's default tokens: lowercase runs of [a-z0-9]."""
-    return _TOKENIZER.tokenize(text)
+from selfinstruct.filters.tokenizers import Tokenizer, rouge_tokens
 
 
 def lcs_length(a: list[str], b: list[str]) -> int:
@@ -44,7 +36,8 @@ def rouge_l_f(a: list[str], b: list[str]) -> float:
 class RougePool:
     """The instructions seen so far; answers the most similar one to a candidate."""
 
-    def __init__(self, texts: list[str] = ()):
+    def __init__(self, texts: list[str] = (), tokenizer: Tokenizer = rouge_tokens):
+        self.tokenize = tokenizer
         self.texts: list[str] = []
         self._tokens: list[list[str]] = []
         for t in texts:
@@ -55,10 +48,10 @@ class RougePool:
 
     def add(self, text: str) -> None:
         self.texts.append(text)
-        self._tokens.append(tokenize(text))
+        self._tokens.append(self.tokenize(text))
 
     def most_similar(self, text: str) -> tuple[str | None, float]:
-        tokens = tokenize(text)
+        tokens = self.tokenize(text)
         best, best_score = None, 0.0
         for other, other_tokens in zip(self.texts, self._tokens, strict=True):
             score = rouge_l_f(tokens, other_tokens)

@@ -160,6 +160,7 @@ class VLLMServer:
         # The engine core runs in child processes of the same group: make sure none outlive it.
         if proc is not None:
             _signal_group(proc.pid, signal.SIGKILL)
+            _wait_group_gone(proc.pid, timeout=10)
         if self._log_file:
             self._log_file.close()
             self._log_file = None
@@ -170,6 +171,18 @@ class VLLMServer:
 
     def __exit__(self, *exc) -> None:
         self.stop()
+
+
+def _wait_group_gone(pgid: int, timeout: float) -> None:
+    """Killed children are reaped by init a moment later; wait until the group has no members."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            os.killpg(pgid, 0)
+        except (ProcessLookupError, PermissionError):
+            return
+        time.sleep(0.1)
+    log.warning("processes of the vLLM server group %d are still running", pgid)
 
 
 def _signal_group(pgid: int, sig: int) -> None:
