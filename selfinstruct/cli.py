@@ -90,6 +90,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--server-arg", action="append", default=S, help="Extra vLLM server argument (repeatable)."
     )
     run.add_argument("--no-progress", action="store_true", help="Hide the progress bar.")
+    run.add_argument(
+        "--allow-changed-settings",
+        action="store_true",
+        help="Resume a run directory even though settings that shape the data differ.",
+    )
     run.set_defaults(func=cmd_run)
 
     seeds = commands.add_parser("seeds", help="Work with seed task files.")
@@ -123,7 +128,13 @@ def cmd_run(args: argparse.Namespace) -> int:
     given = {flag: getattr(args, flag) for flag in RUN_FLAGS if hasattr(args, flag)}
     overrides = {RUN_FLAGS[flag]: value for flag, value in given.items()}
     flag_names = {RUN_FLAGS[flag]: "--" + flag.replace("_", "-") for flag in given}
-    return run(args.config, overrides, flag_names, progress=not args.no_progress)
+    return run(
+        args.config,
+        overrides,
+        flag_names,
+        progress=not args.no_progress,
+        allow_changed_settings=args.allow_changed_settings,
+    )
 
 
 def cmd_seeds_check(args: argparse.Namespace) -> int:

@@ -11,10 +11,12 @@ from __future__ import annotations
 
 import asyncio
 import random
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
+from selfinstruct.cache import ResponseCache, request_key
 from selfinstruct.config import RunConfig, Sampling
 from selfinstruct.filters import HeuristicFilter, NoveltyFilter, RougePool, run_filters
 from selfinstruct.filters.instances import NearDuplicateRecords, apply_instance_rules
@@ -33,7 +35,7 @@ from selfinstruct.prompts import (
     parse_instructions,
 )
 from selfinstruct.stats import RunStats
-from selfinstruct.tasks import JsonlWriter, SeedTask, write_json_atomic
+from selfinstruct.tasks import Instance, JsonlWriter, SeedTask, recover_jsonl, write_json_atomic
 
 
 class LLM(Protocol):
@@ -51,18 +53,23 @@ class MachineTask:
 
 
 class RunFiles:
-    """The append-only files of a run directory."""
+    """The append-only files of a run directory, with what an earlier, interrupted run left in them."""
 
     names = ("machine_instructions", "rejected", "classification", "instances", "dataset")
 
     def __init__(self, run_dir: Path):
         self.dir = Path(run_dir)
+        self.prior: dict[str, list[dict]] = {}
         for name in self.names:
-            setattr(self, name, JsonlWriter(self.dir / f"{name}.jsonl"))
+            path = self.dir / f"{name}.jsonl"
+            self.prior[name] = recover_jsonl(path)
+            setattr(self, name, JsonlWriter(path))
+        self.cache = ResponseCache(self.dir / "responses.jsonl")
 
     def close(self) -> None:
         for name in self.names:
             getattr(self, name).close()
+        self.cache.close()
 
 
 def sample_demos(
@@ -76,6 +83,10 @@ def sample_demos(
 
 
 class Pipeline:
+    """One run. Started on a run directory an interrupted run left behind, it continues that run:
+    the pool and every stage's progress are rebuilt from the files, cached responses are replayed
+    instead of being requested again, and no record is written twice."""
+
     def __init__(
         self,
         config: RunConfig,
@@ -92,17 +103,32 @@ class Pipeline:
         self.heuristics = heuristics
         self.lang = config.language
         self.files = RunFiles(run_dir)
-        self.stats = RunStats(target=config.num_instructions)
+        self.stats = RunStats.resumed(config.num_instructions, self.files.prior, self.files.cache.records,
+                                      self.files.dir / "stats.json")  # fmt: skip
         self.progress = Progress(self.stats, enabled=progress)
         self.near_duplicates = NearDuplicateRecords(config.near_duplicate_threshold)
+        self.pool = RougePool(self.seed_instructions, TOKENIZERS[config.tokenizer])
+        self.filters = [heuristics, NoveltyFilter(self.pool, config.rouge_threshold)]
+        self.accepted: list[MachineTask] = []
+        self.machine: list[str] = []
+        for r in self.files.prior["machine_instructions"]:
+            self._join_pool(MachineTask(r["id"], r["instruction"]))
+        # Candidates an earlier run already decided on, by (request, text): replays skip them.
+        self._recorded = Counter(
+            (r["request"], r["instruction"])
+            for name in ("machine_instructions", "rejected")
+            for r in self.files.prior[name]
+        )
+        self._dataset_ids = {r["id"] for r in self.files.prior["dataset"]}
 
     async def run(self) -> RunStats:
         try:
             tasks = await self.generate_instructions()
             self.save_stats()
             with self.progress.stage("instances", len(tasks)):
+                todo = self._replay_annotations(tasks)
                 semaphore = asyncio.Semaphore(self.config.concurrency)
-                await asyncio.gather(*(self.annotate(t, semaphore) for t in tasks))
+                await asyncio.gather(*(self.annotate(t, semaphore) for t in todo))
         finally:
             self.save_stats()
             self.files.close()
@@ -111,80 +137,96 @@ class Pipeline:
     def save_stats(self) -> None:
         write_json_atomic(self.files.dir / "stats.json", self.stats.to_dict())
 
-    async def ask(self, stage: str, prompt: str, sampling: Sampling, stop: list[str] | None) -> Completion:
-        """One request, counted for the stats and the progress display."""
-        self.stats.requests[stage] += 1
+    async def ask(
+        self, stage: str, index: str, prompt: str, sampling: Sampling, stop: list[str] | None
+    ) -> Completion:
+        """One request; answered from the response cache when an earlier run already paid for it."""
+        key = request_key(getattr(self.llm, "model", ""), prompt, sampling, stop, index)
+        cached = self.files.cache.get(key)
+        if cached is not None:
+            self.stats.replayed += 1
+            return cached
         self.stats.in_flight += 1
         try:
             completion = await self.llm.complete(prompt, sampling, stop)
         finally:
             self.stats.in_flight -= 1
-        self.stats.prompt_tokens += completion.prompt_tokens
-        self.stats.completion_tokens += completion.completion_tokens
+        self.files.cache.put(key, stage, index, completion)
+        self.stats.count_response(stage, completion)
         self.progress.refresh()
         return completion
 
     # Stage 1 -----------------------------------------------------------------------------------
     async def generate_instructions(self) -> list[MachineTask]:
         cfg = self.config
-        pool = RougePool(self.seed_instructions, TOKENIZERS[cfg.tokenizer])
-        filters = [self.heuristics, NoveltyFilter(pool, cfg.rouge_threshold)]
-        machine: list[str] = []
-        accepted: list[MachineTask] = []
         in_flight: dict[asyncio.Task, int] = {}
-        next_request = 0
-        with self.progress.stage("instructions", cfg.num_instructions):
+        with self.progress.stage("instructions", cfg.num_instructions) as bar:
+            bar.update(min(len(self.accepted), cfg.num_instructions))
+            # Responses an interrupted run received but may not have finished filtering.
+            answered = [r for r in self.files.cache.records if r["stage"] == "instructions"]
+            for r in answered:
+                completion = Completion(r["text"], r["finish_reason"])
+                self._take_instructions(int(r["index"]), completion)
+            next_request = 1 + max((int(r["index"]) for r in answered), default=-1)
             try:
-                while len(accepted) < cfg.num_instructions:
+                while len(self.accepted) < cfg.num_instructions:
                     while len(in_flight) < cfg.concurrency and next_request < cfg.request_budget:
                         rng = random.Random(f"{cfg.seed}-{next_request}") if cfg.seed is not None else random
                         demos = sample_demos(
-                            rng, self.seed_instructions, machine, cfg.num_demos, cfg.num_machine_demos
+                            rng, self.seed_instructions, self.machine, cfg.num_demos, cfg.num_machine_demos
                         )
                         prompt = build_instruction_prompt(demos, self.lang)
-                        request = self.ask("instructions", prompt, cfg.instructions, INSTRUCTION_STOP)
+                        request = self.ask(
+                            "instructions", str(next_request), prompt, cfg.instructions, INSTRUCTION_STOP
+                        )
                         in_flight[asyncio.ensure_future(request)] = next_request
                         next_request += 1
                     if not in_flight:
                         break  # request budget spent
                     done, _ = await asyncio.wait(in_flight, return_when=asyncio.FIRST_COMPLETED)
                     for future in done:
-                        request_id = in_flight.pop(future)
-                        parsed = parse_instructions(future.result().text, future.result().truncated)
-                        if parsed.truncated:
-                            self.reject(parsed.truncated, "truncated", request_id)
-                        for text in parsed.instructions:
-                            if len(accepted) == cfg.num_instructions:
-                                break
-                            self.stats.candidates += 1
-                            decision = run_filters(filters, text)
-                            if not decision.kept:
-                                self.reject(
-                                    text,
-                                    decision.reason,
-                                    request_id,
-                                    decision.most_similar,
-                                    decision.similarity,
-                                )
-                                continue
-                            task = MachineTask(id=f"machine_task_{len(accepted)}", instruction=text)
-                            pool.add(text)
-                            machine.append(text)
-                            accepted.append(task)
-                            self.stats.accepted += 1
-                            self.files.machine_instructions.write({
-                                "id": task.id,
-                                "instruction": text,
-                                "most_similar": decision.most_similar,
-                                "similarity": round(decision.similarity or 0.0, 4),
-                                "request": request_id,
-                            })  # fmt: skip
-                            self.progress.advance()
+                        self._take_instructions(in_flight.pop(future), future.result())
             finally:
                 for future in in_flight:
                     future.cancel()
                 await asyncio.gather(*in_flight, return_exceptions=True)
-        return accepted
+        return self.accepted[: cfg.num_instructions]
+
+    def _take_instructions(self, request_id: int, completion: Completion) -> None:
+        """Parse one response and filter its instructions in order; survivors join the pool."""
+        parsed = parse_instructions(completion.text, completion.truncated)
+        candidates = parsed.instructions + ([parsed.truncated] if parsed.truncated else [])
+        for n, text in enumerate(candidates):
+            if self._recorded[(request_id, text)]:
+                self._recorded[(request_id, text)] -= 1
+                continue
+            if n == len(parsed.instructions):
+                self.reject(text, "truncated", request_id)
+                continue
+            if len(self.accepted) >= self.config.num_instructions:
+                continue
+            self.stats.candidates += 1
+            decision = run_filters(self.filters, text)
+            if not decision.kept:
+                self.reject(text, decision.reason, request_id, decision.most_similar, decision.similarity)
+                continue
+            task = MachineTask(id=f"machine_task_{len(self.accepted)}", instruction=text)
+            self.files.machine_instructions.write({
+                "id": task.id,
+                "instruction": text,
+                "most_similar": decision.most_similar,
+                "similarity": round(decision.similarity or 0.0, 4),
+                "request": request_id,
+            })  # fmt: skip
+            self._join_pool(task)
+            self.stats.accepted += 1
+            self.progress.advance()
+        self.save_stats()
+
+    def _join_pool(self, task: MachineTask) -> None:
+        self.pool.add(task.instruction)
+        self.machine.append(task.instruction)
+        self.accepted.append(task)
 
     def reject(self, text, reason, request_id, most_similar=None, similarity=None) -> None:
         self.stats.rejected[reason] += 1
@@ -195,52 +237,81 @@ class Pipeline:
         self.progress.refresh()
 
     # Stages 2-4 --------------------------------------------------------------------------------
+    def _replay_annotations(self, tasks: list[MachineTask]) -> list[MachineTask]:
+        """Finish the tasks an earlier run annotated (their dataset records may be missing); return
+        the tasks still to annotate."""
+        done = set()
+        for record in self.files.prior["instances"]:
+            self._finalize(record, replay=True)
+            done.add(record["id"])
+        self._classified = {r["id"]: r["is_classification"] for r in self.files.prior["classification"]}
+        return [t for t in tasks if t.id not in done]
+
     async def annotate(self, task: MachineTask, semaphore: asyncio.Semaphore) -> None:
         cfg = self.config
-        async with semaphore:
-            prompt = build_classification_prompt(task.instruction, self.lang)
-            answer = await self.ask("classification", prompt, cfg.classification, None)
-        verdict = parse_classification(answer.text)
-        is_clf = bool(verdict)
-        self.stats.classification["unparsed" if verdict is None else "yes" if verdict else "no"] += 1
-        self.files.classification.write(
-            {"id": task.id, "instruction": task.instruction, "is_classification": is_clf, "raw": answer.text}
-        )
+        is_clf = self._classified.get(task.id)
+        if is_clf is None:
+            async with semaphore:
+                prompt = build_classification_prompt(task.instruction, self.lang)
+                answer = await self.ask("classification", task.id, prompt, cfg.classification, None)
+            verdict = parse_classification(answer.text)
+            is_clf = bool(verdict)
+            self.stats.classification["unparsed" if verdict is None else "yes" if verdict else "no"] += 1
+            self.files.classification.write({
+                "id": task.id,
+                "instruction": task.instruction,
+                "is_classification": is_clf,
+                "raw": answer.text,
+            })  # fmt: skip
 
         async with semaphore:
             prompt = build_instance_prompt(task.instruction, is_clf, self.lang)
-            completion = await self.ask("instances", prompt, cfg.instances, INSTANCE_STOP)
+            completion = await self.ask("instances", task.id, prompt, cfg.instances, INSTANCE_STOP)
         # A completion continues the prompt's open label; a chat answer starts afresh.
         opened = instance_prompt_tail(prompt) if self.llm.api == "completions" else ""
         parsed = parse_instances(opened + completion.text, is_clf, completion.truncated)
-        kept, drops = apply_instance_rules(parsed.instances, cfg.max_instances)
-        if parsed.truncated:
-            drops["truncated"] += 1
-        records = [(f"{task.id}-{n}", inst) for n, inst in enumerate(kept)]
-        unique = [
-            (key, inst)
-            for key, inst in records
-            if not self.near_duplicates.is_duplicate(key, task.id, task.instruction, inst.input)
-        ]
-        if len(unique) < len(records):
-            drops["near_duplicate"] += len(records) - len(unique)
-        self.files.instances.write({
+        self._finalize({
             "id": task.id,
             "instruction": task.instruction,
             "is_classification": is_clf,
             "instances": [i.model_dump() for i in parsed.instances],
+            "truncated": parsed.truncated is not None,
             "raw": completion.text,
-            "dropped": dict(drops),
         })  # fmt: skip
+
+    def _finalize(self, record: dict, replay: bool = False) -> None:
+        """Instance rules and near-duplicate removal for one task, then its dataset records.
+
+        The stage record is written first; replaying it after a crash recomputes the same records
+        (the rules are deterministic and near-duplicates are checked in file order) and writes only
+        those the crash cut off.
+        """
+        instances = [Instance(**i) for i in record["instances"]]
+        kept, drops = apply_instance_rules(instances, self.config.max_instances)
+        if record["truncated"]:
+            drops["truncated"] += 1
+        keys = [f"{record['id']}-{n}" for n in range(len(kept))]
+        unique = [
+            (key, inst)
+            for key, inst in zip(keys, kept, strict=True)
+            if not self.near_duplicates.is_duplicate(key, record["id"], record["instruction"], inst.input)
+        ]
+        if len(unique) < len(kept):
+            drops["near_duplicate"] += len(kept) - len(unique)
+        if not replay:
+            self.files.instances.write(record | {"dropped": dict(drops)})
         for key, inst in unique:
+            if key in self._dataset_ids:
+                continue
             self.files.dataset.write({
-                "instruction": task.instruction,
+                "instruction": record["instruction"],
                 "input": inst.input,
                 "output": inst.output,
                 "id": key,
-                "is_classification": is_clf,
+                "is_classification": record["is_classification"],
             })  # fmt: skip
-        self.stats.instances_generated += len(parsed.instances) + (1 if parsed.truncated else 0)
+            self._dataset_ids.add(key)
+        self.stats.instances_generated += len(instances) + record["truncated"]
         self.stats.instances_kept += len(unique)
         self.stats.instance_drops.update(drops)
         self.stats.tasks_annotated += 1

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import time
 from pathlib import Path
@@ -20,8 +21,27 @@ from selfinstruct.tasks import SeedTask, load_seeds, write_json_atomic
 log = logging.getLogger(__name__)
 
 
+# Settings that may change when a run is resumed: they decide how far and how fast it goes, not
+# what a record looks like. A changed target extends (or ends) a run.
+RESUMABLE_CHANGES = {
+    "output_dir",
+    "num_instructions",
+    "max_requests",
+    "concurrency",
+    "backend.base_urls",
+    "backend.timeout",
+    "backend.max_attempts",
+    "backend.startup_timeout",
+    "backend.server_args",
+}
+
+
 def run(
-    config_path: Path | None, overrides: dict[str, Any], flag_names: dict[str, str], progress: bool
+    config_path: Path | None,
+    overrides: dict[str, Any],
+    flag_names: dict[str, str],
+    progress: bool,
+    allow_changed_settings: bool = False,
 ) -> int:
     # Check every input before anything slow starts.
     config = load_config(config_path, overrides, flag_names)
@@ -29,10 +49,11 @@ def run(
     config.resolve_auto([s.instruction for s in seeds])
     heuristics = HeuristicFilter.from_file(config.filters)
     check_backend(config.backend)
-    run_dir = create_run_dir(config.output_dir or Path("outputs") / time.strftime("run-%Y%m%d-%H%M%S"))
+    run_dir = config.output_dir or Path("outputs") / time.strftime("run-%Y%m%d-%H%M%S")
     config.output_dir = run_dir
+    resuming = prepare_run_dir(run_dir, config, allow_changed_settings)
     write_json_atomic(run_dir / "config.json", public_dict(config))
-    log.info("run directory: %s", run_dir)
+    log.info("%s run directory %s", "resuming the" if resuming else "new", run_dir)
 
     with open_endpoint(config.backend, run_dir / "vllm_server.log", config.seed) as endpoint:
         stats = asyncio.run(_generate(config, endpoint, seeds, heuristics, run_dir, progress))
@@ -52,10 +73,30 @@ def run(
     return 0
 
 
-def create_run_dir(path: Path) -> Path:
-    """A new or empty directory; an existing run is never overwritten."""
-    if path.exists() and (not path.is_dir() or any(path.iterdir())):
-        raise UserError(f"{path}: output directory is not empty — choose another --output-dir")
+def prepare_run_dir(path: Path, config: RunConfig, allow_changed_settings: bool) -> bool:
+    """Make a new run directory, or check that an existing one holds a run with these settings.
+
+    Returns True when resuming. A directory with other content is never touched.
+    """
+    saved_path = path / "config.json"
+    if path.exists() and not path.is_dir():
+        raise UserError(f"{path}: exists and is not a directory — choose another --output-dir")
+    if path.is_dir() and any(path.iterdir()):
+        if not saved_path.is_file():
+            raise UserError(f"{path}: output directory is not empty — choose another --output-dir")
+        try:
+            saved = json.loads(saved_path.read_text(encoding="utf-8"))
+        except json.JSONDecodeError:
+            raise UserError(f"{saved_path}: not valid JSON — this directory cannot be resumed") from None
+        if config.backend.model is None:  # the served model a run found is saved under its name
+            config.backend.model = saved.get("backend", {}).get("model")
+        changed = [k for k in _differences(saved, public_dict(config)) if k not in RESUMABLE_CHANGES]
+        if changed and not allow_changed_settings:
+            raise UserError(
+                f"{path}: holds a run with other settings ({', '.join(changed)}) — resume it with the same "
+                "settings, choose another --output-dir, or pass --allow-changed-settings"
+            )
+        return True
     try:
         path.mkdir(parents=True, exist_ok=True)
         (path / ".write-test").touch()
@@ -64,7 +105,15 @@ def create_run_dir(path: Path) -> Path:
         raise UserError(
             f"{path}: cannot write the output directory ({exc.strerror}) — choose another --output-dir"
         ) from None
-    return path
+    return False
+
+
+def _differences(a: Any, b: Any, prefix: str = "") -> list[str]:
+    """Dotted keys whose values differ between two nested dicts."""
+    if isinstance(a, dict) and isinstance(b, dict):
+        keys = sorted(set(a) | set(b))
+        return [d for k in keys for d in _differences(a.get(k), b.get(k), f"{prefix}{k}.")]
+    return [] if a == b else [prefix.rstrip(".")]
 
 
 async def _generate(
@@ -100,6 +149,7 @@ async def _generate(
             write_json_atomic(run_dir / "config.json", public_dict(config))
         log.info("model %s at %s", client.model, ", ".join(endpoint.base_urls))
         pipeline = Pipeline(config, client, seeds, heuristics, run_dir, progress=progress)
+        client.retries.update(pipeline.stats.retries)  # counts of earlier runs of this directory
         pipeline.stats.retries = client.retries
         return await pipeline.run()
     except EndpointError:

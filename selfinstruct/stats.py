@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import json
 import time
 from collections import Counter
 from dataclasses import dataclass, field
+from pathlib import Path
+
+from selfinstruct.prompts import parse_classification
 
 
 @dataclass
@@ -24,10 +28,42 @@ class RunStats:
     instance_drops: Counter = field(default_factory=Counter)
     tasks_annotated: int = 0
     retries: Counter = field(default_factory=Counter)  # transient errors by kind
+    replayed: int = 0  # responses taken from the cache instead of being requested again
+    prior_seconds: float = 0.0  # wall time of the earlier, interrupted runs of this directory
+    resumes: int = 0
+
+    @classmethod
+    def resumed(
+        cls, target: int, prior: dict[str, list[dict]], responses: list[dict], path: Path
+    ) -> RunStats:
+        """Counts rebuilt from what earlier runs of the directory wrote (all zero for a new run).
+        Instance counts are rebuilt as the pipeline replays the instance records."""
+        s = cls(target=target)
+        s.accepted = len(prior["machine_instructions"])
+        s.rejected = Counter(r["reason"] for r in prior["rejected"])
+        s.candidates = s.accepted + sum(n for reason, n in s.rejected.items() if reason != "truncated")
+        for r in prior["classification"]:
+            verdict = parse_classification(r.get("raw", ""))
+            s.classification["unparsed" if verdict is None else "yes" if verdict else "no"] += 1
+        for r in responses:
+            s.requests[r["stage"]] += 1
+            s.prompt_tokens += r["prompt_tokens"]
+            s.completion_tokens += r["completion_tokens"]
+        if path.exists() and responses:
+            old = json.loads(path.read_text(encoding="utf-8"))
+            s.retries = Counter(old.get("retries", {}))
+            s.prior_seconds = old.get("wall_seconds", 0.0)
+            s.resumes = old.get("resumes", 0) + 1
+        return s
+
+    def count_response(self, stage: str, completion) -> None:
+        self.requests[stage] += 1
+        self.prompt_tokens += completion.prompt_tokens
+        self.completion_tokens += completion.completion_tokens
 
     @property
     def elapsed(self) -> float:
-        return time.monotonic() - self.started
+        return self.prior_seconds + time.monotonic() - self.started
 
     @property
     def tokens_per_second(self) -> float:
@@ -52,6 +88,8 @@ class RunStats:
             "dataset_records": self.instances_kept,
             "requests": dict(self.requests),
             "retries": dict(self.retries),
+            "replayed_responses": self.replayed,
+            "resumes": self.resumes,
             "tokens": {"prompt": self.prompt_tokens, "completion": self.completion_tokens},
             "wall_seconds": round(self.elapsed, 2),
             "completion_tokens_per_second": round(self.tokens_per_second, 2),

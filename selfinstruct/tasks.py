@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 from pathlib import Path
 from typing import Any
@@ -10,6 +11,8 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from selfinstruct.errors import UserError
+
+log = logging.getLogger(__name__)
 
 
 class Instance(BaseModel):
@@ -108,6 +111,41 @@ class JsonlWriter:
 def read_jsonl(path: Path) -> list[dict[str, Any]]:
     with open(path, encoding="utf-8") as f:
         return [json.loads(line) for line in f if line.strip()]
+
+
+def recover_jsonl(path: Path) -> list[dict[str, Any]]:
+    """Read an append-only JSONL file a killed run may have left, and cut off a torn last line.
+
+    Records are written whole and flushed one at a time, so only the last line can be incomplete:
+    it is dropped (the file is truncated to the last complete record). A bad line anywhere else
+    means the file was edited by hand, and is an error naming the line.
+    """
+    path = Path(path)
+    if not path.exists():
+        return []
+    data = path.read_bytes()
+    records, good_end, lineno = [], 0, 0
+    for lineno, line in enumerate(data.split(b"\n"), 1):
+        end = good_end + len(line) + 1
+        if not line.strip():
+            good_end = min(end, len(data))
+            continue
+        try:
+            record = json.loads(line)
+            complete = end <= len(data)  # the line has its newline
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            record, complete = None, False
+        if not complete or not isinstance(record, dict):
+            if data[end - 1 :].strip():  # more text after this line: not a torn tail
+                raise UserError(f"{path}:{lineno}: not a JSON record — fix or remove the line to resume")
+            break
+        records.append(record)
+        good_end = end
+    if good_end < len(data):
+        log.warning("%s: dropping an incomplete last line left by an interrupted run", path)
+        with open(path, "r+b") as f:
+            f.truncate(good_end)
+    return records
 
 
 def write_json_atomic(path: Path, data: Any) -> None:

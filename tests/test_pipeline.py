@@ -5,6 +5,8 @@ import json
 import random
 from pathlib import Path
 
+import pytest
+
 from selfinstruct.config import RunConfig
 from selfinstruct.filters import HeuristicFilter
 from selfinstruct.generation.client import Completion
@@ -135,3 +137,71 @@ def test_demo_sampling():
     assert sample_demos(random.Random(5), seeds, ["m1"], 8, 2) == sample_demos(
         random.Random(5), seeds, ["m1"], 8, 2
     )
+
+
+class Crash(Exception):
+    pass
+
+
+class CrashingLLM(FakeLLM):
+    """Answers like FakeLLM, then fails on call number `crash_at` (a kill in the middle of a run)."""
+
+    def __init__(self, instruction_texts, crash_at):
+        super().__init__(instruction_texts)
+        self.crash_at = crash_at
+
+    async def complete(self, prompt, sampling, stop=None):
+        if len(self.prompts) + 1 == self.crash_at:
+            raise Crash
+        return await super().complete(prompt, sampling, stop)
+
+
+def assert_consistent(run_dir: Path, target: int) -> None:
+    accepted = read_jsonl(run_dir / "machine_instructions.jsonl")
+    assert len(accepted) == target
+    assert len({r["id"] for r in accepted}) == len({r["instruction"] for r in accepted}) == target
+    for name in ("classification", "instances"):
+        ids = [r["id"] for r in read_jsonl(run_dir / f"{name}.jsonl")]
+        assert sorted(ids) == sorted(r["id"] for r in accepted), name
+    dataset_ids = [r["id"] for r in read_jsonl(run_dir / "dataset.jsonl")]
+    assert len(dataset_ids) == len(set(dataset_ids)) == target
+
+
+@pytest.mark.parametrize("crash_at", [2, 4, 7, 9, 11])
+def test_a_crashed_run_resumes_without_duplicates_or_paying_twice(tmp_path: Path, crash_at: int):
+    replies = [f" {novel(i)}\n10. {novel(i + 1)}" for i in range(0, 12, 2)]
+    with pytest.raises(Crash):
+        run(tmp_path, CrashingLLM(replies, crash_at), concurrency=1)
+    answered = len(read_jsonl(tmp_path / "responses.jsonl"))
+    assert answered == crash_at - 1
+    llm = FakeLLM(
+        replies[sum(1 for r in read_jsonl(tmp_path / "responses.jsonl") if "Come up" in r["text"]) :]
+    )
+    resumed = run(tmp_path, llm, concurrency=1)
+    assert_consistent(tmp_path, 5)
+    # Every request answered before the crash came from the cache, none was sent again.
+    assert resumed.stats.requests.total() == answered + len(llm.prompts)
+    assert json.loads((tmp_path / "stats.json").read_text())["resumes"] == 1
+
+
+def test_a_torn_last_line_is_dropped_and_the_record_rebuilt(tmp_path: Path):
+    replies = [f" {novel(i)}\n10. {novel(i + 1)}" for i in range(0, 12, 2)]
+    run(tmp_path, FakeLLM(replies), concurrency=1)
+    path = tmp_path / "dataset.jsonl"
+    lines = path.read_text().splitlines(keepends=True)
+    path.write_text("".join(lines[:-1]) + lines[-1][:20])  # a kill in the middle of the last write
+    llm = FakeLLM([])
+    run(tmp_path, llm, concurrency=1)
+    assert path.read_text() == "".join(lines)
+    assert llm.prompts == []  # rebuilt from the instance record, nothing asked again
+    assert_consistent(tmp_path, 5)
+
+
+def test_a_larger_target_extends_a_finished_run(tmp_path: Path):
+    replies = [f" {novel(i)}\n10. {novel(i + 1)}" for i in range(0, 12, 2)]
+    run(tmp_path, FakeLLM(replies[:3]), concurrency=1)
+    llm = FakeLLM(replies[3:])
+    run(tmp_path, llm, concurrency=1, num_instructions=8)
+    assert_consistent(tmp_path, 8)
+    annotated = [p.rsplit("Task:", 1)[1] for p in llm.prompts if "Task:" in p]
+    assert len(annotated) == 2 * 3 and not any(novel(0) in p for p in annotated)  # old tasks not redone

@@ -7,6 +7,7 @@ and jitter, up to a bounded number of attempts; each retry is counted by kind.
 from __future__ import annotations
 
 import itertools
+import json
 import logging
 from collections import Counter
 from dataclasses import dataclass
@@ -39,8 +40,16 @@ class Completion:
         return self.finish_reason == "length"
 
 
+class EmptyResponse(Exception):
+    """A 200 answer without choices: the endpoint had a hiccup; asking again usually works."""
+
+
 def retry_kind(exc: BaseException) -> str | None:
     """The stats name of a transient error, or None when retrying cannot help."""
+    if isinstance(exc, EmptyResponse):
+        return "empty_choices"
+    if isinstance(exc, (json.JSONDecodeError, openai.APIResponseValidationError)):
+        return "invalid_body"
     if isinstance(exc, openai.APITimeoutError):
         return "timeout"
     if isinstance(exc, openai.APIConnectionError):
@@ -70,6 +79,7 @@ class LLMClient:
         self.max_attempts = max_attempts
         self.max_wait = max_wait
         self.retries: Counter[str] = Counter()
+        self._backoff = wait_random_exponential(multiplier=0.5, max=max_wait)
         self._clients = [
             openai.AsyncOpenAI(base_url=url, api_key=api_key, timeout=timeout, max_retries=0)
             for url in base_urls
@@ -91,7 +101,7 @@ class LLMClient:
         )
         retrying = AsyncRetrying(
             retry=retry_if_exception(lambda e: retry_kind(e) is not None),
-            wait=wait_random_exponential(multiplier=0.5, max=self.max_wait),
+            wait=self._wait,
             stop=stop_after_attempt(self.max_attempts),
             before_sleep=self._count_retry,
         )
@@ -113,10 +123,14 @@ class LLMClient:
             resp = await client.chat.completions.create(
                 messages=[{"role": "user", "content": prompt}], **kwargs
             )
+            if not resp.choices:
+                raise EmptyResponse
             choice = resp.choices[0]
             text = choice.message.content or ""
         else:
             resp = await client.completions.create(prompt=prompt, **kwargs)
+            if not resp.choices:
+                raise EmptyResponse
             choice = resp.choices[0]
             text = choice.text
         usage = resp.usage
@@ -126,6 +140,19 @@ class LLMClient:
             prompt_tokens=usage.prompt_tokens if usage else 0,
             completion_tokens=usage.completion_tokens if usage else 0,
         )
+
+    def _wait(self, state) -> float:
+        """The server's Retry-After when it sent one (bounded by max_wait), else exponential backoff
+        with full jitter."""
+        exc = state.outcome.exception()
+        response = getattr(exc, "response", None)
+        retry_after = response.headers.get("retry-after") if response is not None else None
+        if retry_after:
+            try:
+                return min(float(retry_after), self.max_wait)
+            except ValueError:
+                pass
+        return self._backoff(state)
 
     def _count_retry(self, state) -> None:
         kind = retry_kind(state.outcome.exception())

@@ -1,0 +1,51 @@
+"""On-disk response cache: an answered request is never paid for twice, even across a crash.
+
+Every response is appended to `responses.jsonl` in the run directory the moment it arrives, before
+anything is parsed or filtered, keyed by a hash of (model, prompt, sampling settings, stop, request
+index). A resumed run replays what it finds instead of sending the request again.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+from selfinstruct.config import Sampling
+from selfinstruct.generation.client import Completion
+from selfinstruct.tasks import JsonlWriter, recover_jsonl
+
+
+def request_key(model: str, prompt: str, sampling: Sampling, stop: list[str] | None, index: str) -> str:
+    payload = json.dumps([model, prompt, sampling.model_dump(), stop or [], index], ensure_ascii=False)
+    return hashlib.sha256(payload.encode()).hexdigest()[:32]
+
+
+class ResponseCache:
+    def __init__(self, path: Path):
+        self.records: list[dict] = recover_jsonl(path)
+        self._by_key = {r["key"]: r for r in self.records}
+        self._writer = JsonlWriter(path)
+
+    def get(self, key: str) -> Completion | None:
+        r = self._by_key.get(key)
+        if r is None:
+            return None
+        return Completion(r["text"], r["finish_reason"], r["prompt_tokens"], r["completion_tokens"])
+
+    def put(self, key: str, stage: str, index: str, completion: Completion) -> None:
+        record = {
+            "key": key,
+            "stage": stage,
+            "index": index,
+            "text": completion.text,
+            "finish_reason": completion.finish_reason,
+            "prompt_tokens": completion.prompt_tokens,
+            "completion_tokens": completion.completion_tokens,
+        }
+        self.records.append(record)
+        self._by_key[key] = record
+        self._writer.write(record)
+
+    def close(self) -> None:
+        self._writer.close()
