@@ -166,7 +166,8 @@ class Pipeline:
             answered = [r for r in self.files.cache.records if r["stage"] == "instructions"]
             for r in answered:
                 completion = Completion(r["text"], r["finish_reason"])
-                self._take_instructions(int(r["index"]), completion)
+                if self._take_instructions(int(r["index"]), completion):
+                    self.stats.replayed += 1
             next_request = 1 + max((int(r["index"]) for r in answered), default=-1)
             try:
                 while len(self.accepted) < cfg.num_instructions:
@@ -192,14 +193,17 @@ class Pipeline:
                 await asyncio.gather(*in_flight, return_exceptions=True)
         return self.accepted[: cfg.num_instructions]
 
-    def _take_instructions(self, request_id: int, completion: Completion) -> None:
-        """Parse one response and filter its instructions in order; survivors join the pool."""
+    def _take_instructions(self, request_id: int, completion: Completion) -> int:
+        """Parse one response and filter its instructions in order; survivors join the pool.
+        Returns how many candidates it decided on (others were decided by an earlier run)."""
         parsed = parse_instructions(completion.text, completion.truncated)
         candidates = parsed.instructions + ([parsed.truncated] if parsed.truncated else [])
+        decided = 0
         for n, text in enumerate(candidates):
             if self._recorded[(request_id, text)]:
                 self._recorded[(request_id, text)] -= 1
                 continue
+            decided += 1
             if n == len(parsed.instructions):
                 self.reject(text, "truncated", request_id)
                 continue
@@ -222,6 +226,7 @@ class Pipeline:
             self.stats.accepted += 1
             self.progress.advance()
         self.save_stats()
+        return decided
 
     def _join_pool(self, task: MachineTask) -> None:
         self.pool.add(task.instruction)

@@ -70,3 +70,36 @@ def test_unreachable_endpoint(tmp_path: Path):
 
 def test_openai_backend_needs_a_url():
     assert_user_error(selfinstruct("run", "--backend", "openai"), "--base-url")
+
+
+@pytest.mark.parametrize(
+    "args, fragments",
+    [
+        (["--seeds", "{tmp}/empty.jsonl"], ["empty.jsonl", "seed file is empty"]),
+        (["--rouge-threshold", "1.5"], ["--rouge-threshold", "less than or equal to 1"]),
+        (["-o", "{tmp}/a-file/run"], ["a-file/run", "cannot write the output directory"]),
+        (["--config", "{tmp}/missing.toml"], ["missing.toml", "config file not found"]),
+        (["--config", "{tmp}/bad.toml"], ["bad.toml", "not valid TOML"]),
+        (["--filters", "{tmp}/missing.toml"], ["missing.toml", "filter rules not found"]),
+        (["--filters", "{tmp}/bad-rules.toml"], ["bad-rules.toml", "length.min_words"]),
+    ],
+)
+def test_bad_input_table(tmp_path: Path, args, fragments):
+    """The cases of docs/errors.md: one line naming the file or flag, exit code 2."""
+    (tmp_path / "empty.jsonl").write_text("")
+    (tmp_path / "a-file").write_text("not a directory")
+    (tmp_path / "bad.toml").write_text("num_instructions = \n")
+    (tmp_path / "bad-rules.toml").write_text("[length]\nmin_words = -3\n")
+    assert_user_error(selfinstruct("run", *[a.format(tmp=tmp_path) for a in args]), *fragments)
+    assert (tmp_path / "a-file").read_text() == "not a directory"
+
+
+def test_edited_run_file_names_the_line(tmp_path: Path):
+    from selfinstruct.errors import UserError
+    from selfinstruct.tasks import recover_jsonl
+
+    path = tmp_path / "machine_instructions.jsonl"
+    path.write_text('{"id": "a"}\nnot json\n{"id": "b"}\n')
+    with pytest.raises(UserError, match="machine_instructions.jsonl:2: not a JSON record"):
+        recover_jsonl(path)
+    assert path.read_text() == '{"id": "a"}\nnot json\n{"id": "b"}\n'

@@ -38,6 +38,7 @@ def run_dir(vllm_server, tmp_path_factory) -> Path:
     )  # fmt: skip
     assert result.returncode == 0, result.stderr[-3000:]
     assert "accepted 8/8 instructions" in result.stdout
+    (out.parent / "cli-output.log").write_text(result.stdout + result.stderr)
     return out
 
 
@@ -80,7 +81,8 @@ def test_dataset_loads_with_datasets(run_dir: Path):
 
 
 def test_api_key_is_never_written(run_dir: Path):
-    for path in run_dir.iterdir():
+    """Not in config.json, stats, outputs, the response cache, nor in what the CLI printed."""
+    for path in [*run_dir.iterdir(), run_dir.parent / "cli-output.log"]:
         assert SECRET not in path.read_text(errors="replace"), path.name
     config = json.loads((run_dir / "config.json").read_text())
     assert config["backend"]["model"] == "SmolLM2-135M-Instruct"

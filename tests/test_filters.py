@@ -25,6 +25,9 @@ DEFAULT = HeuristicFilter.from_file(resource_path("filters/default.toml"))
         ("Write a program that sorts a list.", "bad_prefix"),
         ('"Summarize this article in one line.', "leading_punctuation"),
         ("Summarize the article in one line.", None),
+        ("12 34 56 78 90 = ?", "garbled"),
+        ("Summarize the \ufffd\ufffd text in one line.", "garbled"),
+        ("Compute 2 + 2 * 3 for me please.", None),
         ("Explain how a mapping function works.", None),  # 'map' only as a whole word
         ("Écris un court poème sur la mer.", None),  # non-ASCII first letters are kept
     ],

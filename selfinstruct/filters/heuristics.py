@@ -36,11 +36,17 @@ class PunctuationRule(_Rules):
     reject_leading: bool = True
 
 
+class TextRule(_Rules):
+    reject_garbled: bool = True
+    min_letter_share: float = Field(0.3, ge=0, le=1)
+
+
 class HeuristicRules(_Rules):
     length: LengthRule = Field(default_factory=LengthRule)
     keywords: KeywordRule = Field(default_factory=KeywordRule)
     prefixes: PrefixRule = Field(default_factory=PrefixRule)
     punctuation: PunctuationRule = Field(default_factory=PunctuationRule)
+    text: TextRule = Field(default_factory=TextRule)
 
 
 class HeuristicFilter:
@@ -92,7 +98,19 @@ class HeuristicFilter:
             return "bad_prefix"
         if self.rules.punctuation.reject_leading and unicodedata.category(text[0]).startswith("P"):
             return "leading_punctuation"
+        if self.rules.text.reject_garbled and _garbled(text, self.rules.text.min_letter_share):
+            return "garbled"
         return None
+
+
+def _garbled(text: str, min_letter_share: float) -> bool:
+    """Control, unassigned or replacement characters (binary noise), or too few letters to be a
+    sentence (a row of numbers or symbols)."""
+    chars = [ch for ch in text if not ch.isspace()]
+    if any(ch == "\ufffd" or unicodedata.category(ch) in ("Cc", "Cs", "Co", "Cn") for ch in chars):
+        return True
+    letters = sum(ch.isalpha() for ch in chars)
+    return letters < min_letter_share * len(chars)
 
 
 def _read_keywords(path: Path, rules_path: Path) -> list[str]:

@@ -1,0 +1,109 @@
+"""A fault-injecting HTTP proxy for tests, in front of a real OpenAI-compatible server.
+
+Generation requests (POST) are forwarded to the upstream server, except that a configurable share
+of them gets a fault instead: 429 with Retry-After, 500, 503, a dropped connection, a stall past the
+client's timeout, a truncated or an invalid JSON body, or a 200 answer with no choices. The rate and
+the kinds can be changed while it runs; `injected` counts what it did.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import random
+import threading
+from collections import Counter
+
+from aiohttp import ClientSession, ClientTimeout, web
+
+KINDS = ("429", "500", "503", "drop", "stall", "truncated", "invalid_json", "empty_choices")
+
+
+class FaultProxy:
+    def __init__(self, upstream: str, rate: float = 0.2, kinds=KINDS, stall_seconds: float = 10.0, seed=0):
+        self.upstream = upstream.rstrip("/")
+        self.rate = rate
+        self.kinds = tuple(kinds)
+        self.stall_seconds = stall_seconds
+        self.injected: Counter[str] = Counter()
+        self.forwarded = 0
+        self._rng = random.Random(seed)
+        self._loop = asyncio.new_event_loop()
+        self._ready = threading.Event()
+        self._thread = threading.Thread(target=self._serve, daemon=True)
+        self.port = 0
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/v1"
+
+    def start(self) -> FaultProxy:
+        self._thread.start()
+        self._ready.wait(10)
+        return self
+
+    def stop(self) -> None:
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(10)
+
+    def __enter__(self) -> FaultProxy:
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+    def _serve(self) -> None:
+        asyncio.set_event_loop(self._loop)
+        runner = self._loop.run_until_complete(self._setup())
+        self._ready.set()
+        try:
+            self._loop.run_forever()
+        finally:
+            self._loop.run_until_complete(self._session.close())
+            self._loop.run_until_complete(runner.cleanup())
+
+    async def _setup(self) -> web.AppRunner:
+        app = web.Application()
+        app.router.add_route("*", "/{path:.*}", self._handle)
+        runner = web.AppRunner(app)
+        await runner.setup()
+        site = web.TCPSite(runner, "127.0.0.1", 0)
+        await site.start()
+        self.port = site._server.sockets[0].getsockname()[1]
+        self._session = ClientSession(timeout=ClientTimeout(total=600))
+        return runner
+
+    async def _forward(self, request: web.Request, body: bytes) -> tuple[int, bytes, str]:
+        url = (
+            self.upstream
+            + request.path.removeprefix("/v1")
+            + (f"?{request.query_string}" if request.query_string else "")
+        )
+        headers = {k: v for k, v in request.headers.items() if k.lower() in ("content-type", "authorization")}
+        async with self._session.request(request.method, url, data=body, headers=headers) as r:
+            self.forwarded += 1
+            return r.status, await r.read(), r.headers.get("content-type", "application/json")
+
+    async def _handle(self, request: web.Request) -> web.StreamResponse:
+        body = await request.read()
+        kind = None
+        if request.method == "POST" and self._rng.random() < self.rate:
+            kind = self._rng.choice(self.kinds)
+            self.injected[kind] += 1
+        if kind == "429":
+            return web.json_response({"error": "slow down"}, status=429, headers={"Retry-After": "1"})
+        if kind in ("500", "503"):
+            return web.json_response({"error": f"injected {kind}"}, status=int(kind))
+        if kind == "drop":
+            request.transport.abort()
+            raise asyncio.CancelledError
+        if kind == "stall":
+            await asyncio.sleep(self.stall_seconds)
+        if kind == "invalid_json":
+            return web.Response(body=b'{"id": "cmpl-1", "choices": [', content_type="application/json")
+        status, body, content_type = await self._forward(request, body)
+        if kind == "truncated":
+            body = body[: len(body) // 2]
+        elif kind == "empty_choices" and status == 200:
+            body = json.dumps(json.loads(body) | {"choices": []}).encode()
+        return web.Response(status=status, body=body, headers={"Content-Type": content_type})
