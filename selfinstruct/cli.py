@@ -1,4 +1,4 @@
-"""`python -m selfinstruct <command>`: run, seeds, models."""
+"""`python -m selfinstruct <command>`: run, seeds, dedup, train, models."""
 
 from __future__ import annotations
 
@@ -108,6 +108,23 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("--json", action="store_true", help="Print the summary as JSON.")
     check.set_defaults(func=cmd_seeds_check)
 
+    from selfinstruct.train.cli import add_train_parser  # light: the trainer itself loads on use
+
+    add_train_parser(commands)
+
+    dedup = commands.add_parser(
+        "dedup", help="Drop near-duplicate instructions (ROUGE-L) from a JSONL, JSON or text file."
+    )
+    dedup.add_argument("input", type=Path, help="JSONL, JSON array, or one instruction per line.")
+    dedup.add_argument("-o", "--output", type=Path, required=True, help="Kept records, in the input's form.")
+    dedup.add_argument("--field", default="instruction", help="Key of the instruction in each record.")
+    dedup.add_argument("--threshold", type=float, default=0.7, help="Drop when ROUGE-L F is above this.")
+    dedup.add_argument("--against", type=Path, help="Seed tasks every record is also compared against.")
+    dedup.add_argument("--rejected", type=Path, help="Write dropped records here, with their closest match.")
+    dedup.add_argument("--tokenizer", choices=["auto", "rouge", "unicode"], default="auto")
+    dedup.add_argument("--no-progress", action="store_true", help="Hide the progress bar.")
+    dedup.set_defaults(func=cmd_dedup)
+
     models = commands.add_parser("models", help="Manage the embedded default model.")
     models_cmds = models.add_subparsers(dest="models_command", required=True)
     prepare = models_cmds.add_parser("prepare", help="Download and convert the embedded model once.")
@@ -135,6 +152,20 @@ def cmd_run(args: argparse.Namespace) -> int:
         progress=not args.no_progress,
         allow_changed_settings=args.allow_changed_settings,
     )
+
+
+def cmd_dedup(args: argparse.Namespace) -> int:
+    from selfinstruct.dedup import dedup
+
+    r = dedup(
+        args.input, args.output, args.field, args.threshold, args.against, args.rejected,
+        args.tokenizer, progress=not args.no_progress,
+    )  # fmt: skip
+    print(
+        f"kept {r.kept} of {r.read} ({r.dropped} near-duplicates dropped, {r.tokenizer} tokens) "
+        f"-> {args.output}"
+    )
+    return 0
 
 
 def cmd_seeds_check(args: argparse.Namespace) -> int:

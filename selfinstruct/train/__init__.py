@@ -1,0 +1,1 @@
+"""LoRA SFT on generated instruction data: `python -m selfinstruct train` (see train/cli.py)."""
