@@ -18,7 +18,7 @@ from typing import Protocol
 
 from selfinstruct.cache import ResponseCache, request_key
 from selfinstruct.config import RunConfig, Sampling
-from selfinstruct.filters import HeuristicFilter, NoveltyFilter, RougePool, run_filters
+from selfinstruct.filters import HeuristicFilter, NoveltyFilter, RougeIndex, run_filters
 from selfinstruct.filters.instances import NearDuplicateRecords, apply_instance_rules
 from selfinstruct.filters.tokenizers import TOKENIZERS
 from selfinstruct.generation.client import Completion
@@ -107,8 +107,10 @@ class Pipeline:
                                       self.files.dir / "stats.json")  # fmt: skip
         self.progress = Progress(self.stats, enabled=progress)
         self.near_duplicates = NearDuplicateRecords(config.near_duplicate_threshold)
-        self.pool = RougePool(self.seed_instructions, TOKENIZERS[config.tokenizer])
-        self.filters = [heuristics, NoveltyFilter(self.pool, config.rouge_threshold)]
+        self.pool = RougeIndex(config.rouge_threshold, TOKENIZERS[config.tokenizer])
+        for text in self.seed_instructions:
+            self.pool.add(text)
+        self.filters = [heuristics, NoveltyFilter(self.pool)]
         self.accepted: list[MachineTask] = []
         self.machine: list[str] = []
         for r in self.files.prior["machine_instructions"]:

@@ -8,7 +8,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from selfinstruct.filters import HeuristicFilter
-from selfinstruct.filters.rouge import RougePool
+from selfinstruct.filters.rouge_index import RougeIndex
 from selfinstruct.filters.tokenizers import TOKENIZERS, count_words, default_tokenizer, detect_language
 from selfinstruct.resources import resource_path
 from selfinstruct.tasks import load_seeds_located
@@ -67,12 +67,12 @@ def check_seeds(path: Path, threshold: float = 0.7, tokenizer: str = "auto") -> 
     heuristics = HeuristicFilter.from_file(resource_path("filters/default.toml"))
     rejects = Counter(r for r in map(heuristics.reason, instructions) if r)
 
-    pool = RougePool(tokenizer=TOKENIZERS[tokenizer])
+    pool = RougeIndex(threshold, TOKENIZERS[tokenizer])
     near = []
     for text in instructions:
-        other, score = pool.most_similar(text)
-        if score > threshold:
-            near.append((other, text, score))
+        match, score = pool.query(text)
+        if match is not None:
+            near.append((pool.texts[match], text, score))
         pool.add(text)
 
     lengths = [count_words(t) for t in instructions]

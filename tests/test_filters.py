@@ -4,10 +4,8 @@ import pytest
 from rouge_score import rouge_scorer
 
 from selfinstruct.errors import UserError
-from selfinstruct.filters import HeuristicFilter, NoveltyFilter, RougePool, run_filters
+from selfinstruct.filters import HeuristicFilter, NoveltyFilter, RougeIndex, run_filters
 from selfinstruct.filters.instances import apply_instance_rules
-from selfinstruct.filters.rouge import rouge_l_f
-from selfinstruct.filters.tokenizers import rouge_tokens as tokenize
 from selfinstruct.resources import resource_path
 from selfinstruct.tasks import Instance
 
@@ -58,12 +56,16 @@ def test_rouge_matches_rouge_score():
         ("a b c d e f g", "g f e d c b a"),
     ]
     for a, b in pairs:
-        assert rouge_l_f(tokenize(a), tokenize(b)) == scorer.score(a, b)["rougeL"].fmeasure
+        index = RougeIndex(0.7)
+        index.add(a)
+        assert index.most_similar(b)[1] == scorer.score(a, b)["rougeL"].fmeasure
 
 
 def test_novelty_filter_reports_the_most_similar_pool_item():
-    pool = RougePool(["Give three tips for staying healthy.", "Name a fruit."])
-    novelty = NoveltyFilter(pool, 0.7)
+    pool = RougeIndex(0.7)
+    for text in ["Give three tips for staying healthy.", "Name a fruit."]:
+        pool.add(text)
+    novelty = NoveltyFilter(pool)
     near = novelty.check("Give three tips for staying healthy and fit.")
     assert near.reason == "too_similar"
     assert near.most_similar == "Give three tips for staying healthy."
@@ -72,7 +74,8 @@ def test_novelty_filter_reports_the_most_similar_pool_item():
 
 
 def test_run_filters_stops_at_the_first_reject():
-    pool = RougePool(["Write a program to add numbers."])
+    pool = RougeIndex(0.7)
+    pool.add("Write a program to add numbers.")
     decision = run_filters([DEFAULT, NoveltyFilter(pool)], "Write a program to add numbers.")
     assert decision.reason == "bad_prefix"
 

@@ -7,7 +7,7 @@ from rouge_score.tokenizers import DefaultTokenizer
 
 from selfinstruct.config import RunConfig
 from selfinstruct.filters import HeuristicFilter
-from selfinstruct.filters.rouge import rouge_l_f
+from selfinstruct.filters.rouge_index import RougeIndex
 from selfinstruct.filters.tokenizers import (
     count_words,
     default_tokenizer,
@@ -49,8 +49,10 @@ def test_unicode_tokens_equal_rouge_score_tokens_on_ascii(text):
 
 def test_the_unicode_tokenizer_sees_chinese_near_duplicates():
     a, b = "写一首关于春天的诗", "写一首关于秋天的诗"
-    assert rouge_l_f(rouge_tokens(a), rouge_tokens(b)) == 0.0  # rouge_score keeps both
-    assert rouge_l_f(unicode_tokens(a), unicode_tokens(b)) == pytest.approx(8 / 9)
+    for tokenizer, score in [(rouge_tokens, 0.0), (unicode_tokens, pytest.approx(8 / 9))]:
+        index = RougeIndex(0.7, tokenizer)
+        index.add(a)
+        assert index.most_similar(b)[1] == score  # rouge_score's tokens see nothing in Chinese
 
 
 def test_language_and_tokenizer_follow_the_seeds():

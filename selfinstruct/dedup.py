@@ -1,0 +1,124 @@
+"""`python -m selfinstruct dedup`: the run's ROUGE-L novelty filter on any instruction file.
+
+Records are processed in order; each is dropped when its ROUGE-L F against an instruction kept
+before it (or one of `--against`) is above the threshold, and kept otherwise. INPUT may be JSONL,
+a JSON array, or plain text with one instruction per line; OUTPUT has the same form.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from tqdm import tqdm
+
+from selfinstruct.errors import UserError
+from selfinstruct.filters.rouge_index import RougeIndex
+from selfinstruct.filters.tokenizers import TOKENIZERS, default_tokenizer
+from selfinstruct.tasks import load_seeds
+
+
+@dataclass
+class DedupResult:
+    read: int
+    kept: int
+    dropped: int
+    tokenizer: str
+
+
+def read_input(path: Path, field: str) -> tuple[str, list[Any], list[str]]:
+    """(format, records, texts): format is 'jsonl', 'json' or 'text'."""
+    if not path.is_file():
+        raise UserError(f"{path}: input not found — pass an existing JSONL, JSON or text file")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise UserError(f"{path}: not UTF-8 text") from None
+    stripped = text.lstrip()
+    if stripped.startswith("["):
+        try:
+            records = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise UserError(f"{path}:{exc.lineno}: invalid JSON ({exc.msg})") from None
+        return "json", records, [_field(r, field, f"{path}: item {i}") for i, r in enumerate(records)]
+    lines = text.splitlines()
+    if stripped.startswith("{"):
+        records, texts = [], []
+        for lineno, line in enumerate(lines, 1):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise UserError(
+                    f"{path}:{lineno}: invalid JSON ({exc.msg}) — one JSON object per line"
+                ) from None
+            records.append(record)
+            texts.append(_field(record, field, f"{path}:{lineno}"))
+        return "jsonl", records, texts
+    texts = [ln.strip() for ln in lines if ln.strip()]
+    return "text", texts, texts
+
+
+def _field(record: Any, field: str, where: str) -> str:
+    if isinstance(record, str):
+        return record
+    if not isinstance(record, dict) or not isinstance(record.get(field), str):
+        raise UserError(f"{where}: no text field '{field}' — pass --field with the instruction's key")
+    return record[field]
+
+
+def write_output(path: Path, form: str, records: list[Any]) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "w", encoding="utf-8") as f:
+        if form == "json":
+            json.dump(records, f, ensure_ascii=False, indent=2)
+            f.write("\n")
+        elif form == "jsonl":
+            f.writelines(json.dumps(r, ensure_ascii=False) + "\n" for r in records)
+        else:
+            f.writelines(r + "\n" for r in records)
+    os.replace(tmp, path)
+
+
+def dedup(
+    input: Path,
+    output: Path,
+    field: str = "instruction",
+    threshold: float = 0.7,
+    against: Path | None = None,
+    rejected: Path | None = None,
+    tokenizer: str = "auto",
+    progress: bool = True,
+) -> DedupResult:
+    if not 0 < threshold <= 1:
+        raise UserError(f"--threshold: {threshold} is outside (0, 1] — pass e.g. 0.7")
+    for path in (output, rejected):
+        if path is not None and path.exists():
+            raise UserError(f"{path}: already exists — choose another path; nothing was overwritten")
+    form, records, texts = read_input(Path(input), field)
+    seeds = [t.instruction for t in load_seeds(against)] if against else []
+    if tokenizer == "auto":
+        tokenizer = default_tokenizer(seeds + texts[:10000])
+    index = RougeIndex(threshold, TOKENIZERS[tokenizer])
+    for text in seeds:
+        index.add(text)
+
+    kept, dropped = [], []
+    for record, text in tqdm(zip(records, texts, strict=True), total=len(texts), disable=not progress,
+                             desc="dedup", unit="rec", mininterval=0.5):  # fmt: skip
+        match, score = index.query(text)
+        if match is None:
+            index.add(text)
+            kept.append(record)
+        else:
+            dropped.append(
+                {"record": record, "most_similar": index.texts[match], "similarity": round(score, 4)}
+            )
+    write_output(Path(output), form, kept)
+    if rejected is not None:
+        write_output(Path(rejected), "jsonl", dropped)
+    return DedupResult(read=len(texts), kept=len(kept), dropped=len(dropped), tokenizer=tokenizer)

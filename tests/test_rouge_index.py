@@ -1,0 +1,138 @@
+"""The ROUGE-L index makes exactly rouge_score's brute-force decisions (Self-Instruct's rule)."""
+
+import json
+import random
+from pathlib import Path
+
+import pytest
+from rouge_score import rouge_scorer
+
+from selfinstruct.filters.rouge_index import RougeIndex
+from selfinstruct.filters.tokenizers import rouge_tokens, unicode_tokens
+
+DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+needs_data = pytest.mark.skipif(not DATA.exists(), reason="../shared/data is absent")
+SCORER = rouge_scorer.RougeScorer(["rougeL"], use_stemmer=False)
+
+
+def brute_force(stream, threshold=0.7, tokenizer=rouge_tokens):
+    """The reference: each candidate against every kept one, with rouge_score itself."""
+    kept_tokens, decisions = [], []
+    for text in stream:
+        tokens = tokenizer(text)
+        scores = [rouge_scorer._score_lcs(tokens, k).fmeasure for k in kept_tokens]
+        best = max((s for s in scores if s > threshold), default=0.0)
+        decisions.append((best == 0.0, best))
+        if best == 0.0:
+            kept_tokens.append(tokens)
+    return decisions
+
+
+def indexed(stream, threshold=0.7, tokenizer=rouge_tokens):
+    index, decisions = RougeIndex(threshold, tokenizer), []
+    for text in stream:
+        match, score = index.query(text)
+        decisions.append((match is None, score))
+        if match is None:
+            index.add(text)
+    return decisions
+
+
+def edit(rng: random.Random, text: str) -> str:
+    words = text.split()
+    op = rng.choice(["drop", "swap", "insert", "case", "punct", "same", "replace"])
+    if op == "drop" and len(words) > 1:
+        del words[rng.randrange(len(words))]
+    elif op == "swap" and len(words) > 1:
+        i = rng.randrange(len(words) - 1)
+        words[i], words[i + 1] = words[i + 1], words[i]
+    elif op == "insert":
+        words.insert(rng.randrange(len(words) + 1), rng.choice(["the", "new", "please", "short", "given"]))
+    elif op == "case":
+        return text.upper()
+    elif op == "punct":
+        return text.replace(" ", ", ", 1) + "!"
+    elif op == "replace" and words:
+        words[rng.randrange(len(words))] = rng.choice(["data", "story", "list", "email"])
+    return " ".join(words)
+
+
+@needs_data
+def test_stress_stream_matches_the_reference_count_and_brute_force():
+    stream = json.loads((DATA / "stress_stream_5000.json").read_text())["stream"]
+    decisions = indexed(stream)
+    assert sum(not kept for kept, _ in decisions) == 1624
+    assert decisions[:600] == brute_force(stream[:600])
+
+
+@needs_data
+@pytest.mark.parametrize("seed", [1, 2, 3])
+def test_alpaca_streams_with_near_duplicate_edits(seed):
+    alpaca = [r["instruction"] for r in json.loads((DATA / "alpaca_data_52k.json").read_text())]
+    rng = random.Random(seed)
+    stream = []
+    for _ in range(400):
+        if stream and rng.random() < 0.45:
+            stream.append(edit(rng, rng.choice(stream)))
+        else:
+            stream.append(rng.choice(alpaca))
+    decisions = indexed(stream)
+    assert decisions == brute_force(stream)
+    assert sum(not kept for kept, _ in decisions) > 50
+
+
+def test_pairs_at_the_threshold_follow_the_float_formula():
+    """Token lists with an exact LCS around F = 0.7, for every pair of lengths up to 24."""
+    checked = exact = 0
+    for m in range(1, 25):
+        for n in range(1, 25):
+            for lcs in range(1, min(m, n) + 1):
+                a = [f"a{i}" for i in range(m)]
+                b = a[:lcs] + [f"b{i}" for i in range(n - lcs)]
+                reference = rouge_scorer._score_lcs(a, b).fmeasure
+                index = RougeIndex(0.7, str.split)
+                index.add(" ".join(a))
+                match, score = index.query(" ".join(b))
+                assert (match is not None) == (reference > 0.7), (m, n, lcs)
+                assert score == (reference if reference > 0.7 else 0.0)
+                checked += 1
+                exact += 2 * lcs == 0.7 * (m + n)
+    assert checked > 4000 and exact > 0
+
+
+@needs_data
+def test_most_similar_is_the_brute_force_maximum():
+    alpaca = [r["instruction"] for r in json.loads((DATA / "alpaca_data_52k.json").read_text())]
+    rng = random.Random(7)
+    pool, queries = rng.sample(alpaca, 1500), [edit(rng, t) for t in rng.sample(alpaca, 150)]
+    index = RougeIndex(0.7)
+    for text in pool:
+        index.add(text)
+    pool_tokens = [rouge_tokens(t) for t in pool]
+    for q in queries:
+        tokens = rouge_tokens(q)
+        best = max(rouge_scorer._score_lcs(tokens, p).fmeasure for p in pool_tokens)
+        item, score = index.most_similar(q)
+        assert score == best
+        if best > 0:
+            assert rouge_scorer._score_lcs(tokens, pool_tokens[item]).fmeasure == best
+
+
+def test_unicode_tokens_see_chinese_near_duplicates():
+    spring, autumn = "写一首关于春天的诗", "写一首关于秋天的诗"
+    assert indexed([spring, autumn], tokenizer=unicode_tokens) == [(True, 0.0), (False, pytest.approx(8 / 9))]
+    assert indexed([spring, autumn], tokenizer=rouge_tokens) == [(True, 0.0), (True, 0.0)]
+
+
+def test_edge_cases():
+    index = RougeIndex(1.0)
+    assert index.check("Same text here.") and index.check("Same text here.")  # F <= 1: never above
+    index = RougeIndex(0.7)
+    assert index.check("") and index.check("!!!")  # no tokens: scores 0 against everything
+    assert index.most_similar("anything at all") == (None, 0.0)
+    for i in range(3000):  # past several rebuilds of the global order
+        index.add(f"task number {i} about topic {i % 7}")
+    assert index.query("task number 2999 about topic 3")[0] is not None
+    assert index.query("completely unrelated words") == (None, 0.0)
+    with pytest.raises(ValueError):
+        RougeIndex(0)
