@@ -130,7 +130,7 @@ def load_config(path: Path | None, overrides: dict[str, Any], flag_names: dict[s
     """
     data: dict[str, Any] = {}
     if path is not None:
-        data = _read_toml(path)
+        data = read_toml(path)
     for dotted, value in overrides.items():
         node = data
         *parents, leaf = dotted.split(".")
@@ -143,7 +143,7 @@ def load_config(path: Path | None, overrides: dict[str, Any], flag_names: dict[s
         raise UserError(_describe(exc, path, overrides, flag_names)) from None
 
 
-def _read_toml(path: Path) -> dict[str, Any]:
+def read_toml(path: Path) -> dict[str, Any]:
     try:
         with open(path, "rb") as f:
             return tomllib.load(f)

@@ -18,7 +18,7 @@ from tqdm import tqdm
 from selfinstruct.errors import UserError
 from selfinstruct.filters.rouge_index import RougeIndex
 from selfinstruct.filters.tokenizers import TOKENIZERS, default_tokenizer
-from selfinstruct.tasks import load_seeds
+from selfinstruct.tasks import json_rows, load_seeds
 
 
 @dataclass
@@ -37,29 +37,12 @@ def read_input(path: Path, field: str) -> tuple[str, list[Any], list[str]]:
         text = path.read_text(encoding="utf-8")
     except UnicodeDecodeError:
         raise UserError(f"{path}: not UTF-8 text") from None
-    stripped = text.lstrip()
-    if stripped.startswith("["):
-        try:
-            records = json.loads(text)
-        except json.JSONDecodeError as exc:
-            raise UserError(f"{path}:{exc.lineno}: invalid JSON ({exc.msg})") from None
-        return "json", records, [_field(r, field, f"{path}: item {i}") for i, r in enumerate(records)]
-    lines = text.splitlines()
-    if stripped.startswith("{"):
-        records, texts = [], []
-        for lineno, line in enumerate(lines, 1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise UserError(
-                    f"{path}:{lineno}: invalid JSON ({exc.msg}) — one JSON object per line"
-                ) from None
-            records.append(record)
-            texts.append(_field(record, field, f"{path}:{lineno}"))
-        return "jsonl", records, texts
-    texts = [ln.strip() for ln in lines if ln.strip()]
+    if text.lstrip().startswith(("[", "{")):
+        rows = json_rows(path, text)
+        records = [row for _, row in rows]
+        form = "json" if text.lstrip().startswith("[") else "jsonl"
+        return form, records, [_field(row, field, where) for where, row in rows]
+    texts = [ln.strip() for ln in text.splitlines() if ln.strip()]
     return "text", texts, texts
 
 

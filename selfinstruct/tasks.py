@@ -43,7 +43,7 @@ def load_seeds_located(path: Path) -> list[tuple[str, SeedTask]]:
         raise UserError(f"{path}: not UTF-8 text — seed files are JSON or JSONL") from None
     if not text.strip():
         raise UserError(f"{path}: seed file is empty — it needs at least one task")
-    rows = _json_array_rows(path, text) if text.lstrip().startswith("[") else _jsonl_rows(path, text)
+    rows = json_rows(path, text)
     tasks = [(where, _to_task(where, i, row)) for i, (where, row) in enumerate(rows)]
     if not tasks:
         raise UserError(f"{path}: seed file holds no tasks")
@@ -53,6 +53,12 @@ def load_seeds_located(path: Path) -> list[tuple[str, SeedTask]]:
 def load_seeds(path: Path) -> list[SeedTask]:
     """Read seed tasks from seed-format JSONL, Alpaca JSONL, or a JSON array of either."""
     return [task for _, task in load_seeds_located(path)]
+
+
+def json_rows(path: Path, text: str) -> list[tuple[str, Any]]:
+    """The records of a JSON array or of JSONL text, each with where it is written ('FILE:LINE' or
+    'FILE: item N'); invalid JSON is a UserError naming the line."""
+    return _json_array_rows(path, text) if text.lstrip().startswith("[") else _jsonl_rows(path, text)
 
 
 def _json_array_rows(path: Path, text: str) -> list[tuple[str, Any]]:

@@ -16,6 +16,9 @@ from selfinstruct.tasks import load_seeds, read_jsonl
 
 pytestmark = pytest.mark.slow
 SECRET = "sk-test-should-never-be-written-9f8e7d"
+# The 135M model often copies the input as the output, which the instance rules drop: 16 tasks make
+# an empty dataset.jsonl (nothing for `datasets` to load) vanishingly unlikely.
+TARGET = 16
 
 
 def selfinstruct(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
@@ -33,18 +36,18 @@ def run_dir(vllm_server, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("run") / "run"
     result = selfinstruct(
         "run", "--backend", "openai", "--base-url", vllm_server.base_url,
-        "-n", "8", "-o", str(out), "--seed", "3", "--concurrency", "8", "--no-progress",
+        "-n", str(TARGET), "-o", str(out), "--seed", "3", "--concurrency", "8", "--no-progress",
         env={"OPENAI_API_KEY": SECRET},
     )  # fmt: skip
     assert result.returncode == 0, result.stderr[-3000:]
-    assert "accepted 8/8 instructions" in result.stdout
+    assert f"accepted {TARGET}/{TARGET} instructions" in result.stdout
     (out.parent / "cli-output.log").write_text(result.stdout + result.stderr)
     return out
 
 
 def test_run_accepts_exactly_the_target_and_each_passes_the_filters(run_dir: Path):
     accepted = [r["instruction"] for r in read_jsonl(run_dir / "machine_instructions.jsonl")]
-    assert len(accepted) == 8
+    assert len(accepted) == TARGET
     heuristics = HeuristicFilter.from_file(resource_path("filters/default.toml"))
     assert all(heuristics.check(text).kept for text in accepted)
     scorer = rouge_scorer.RougeScorer(["rougeL"], use_stemmer=False)
@@ -66,7 +69,7 @@ def test_run_writes_every_stage(run_dir: Path):
     for rejected in read_jsonl(run_dir / "rejected.jsonl"):
         assert rejected["reason"].replace("_", "").isalpha()
     stats = json.loads((run_dir / "stats.json").read_text())
-    assert stats["instructions"]["accepted"] == 8
+    assert stats["instructions"]["accepted"] == TARGET
     assert stats["tokens"]["completion"] > 0
 
 

@@ -10,6 +10,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections import Counter
 from pathlib import Path
 
 import pytest
@@ -126,11 +127,16 @@ def test_a_run_completes_through_a_flaky_endpoint(vllm_server, tmp_path: Path, c
     stats = json.loads((out / "stats.json").read_text())
     assert stats["instructions"]["accepted"] == 12
     retries = stats["retries"]
-    # Each injected fault cost exactly one retry, counted by its kind.
-    assert sum(retries.values()) == sum(proxy.injected.values()) > 0
-    assert retries.get("rate_limited", 0) == proxy.injected["429"]
-    assert retries.get("http_503", 0) == proxy.injected["503"]
-    assert retries.get("timeout", 0) == proxy.injected["stall"]
+    # Each injected fault costs one retry of its kind, unless it hit a request the run cancelled
+    # once it had reached its target.
+    kinds = {"429": "rate_limited", "500": "http_500", "503": "http_503", "drop": "connection",
+             "stall": "timeout", "truncated": "invalid_body", "invalid_json": "invalid_body",
+             "empty_choices": "empty_choices"}  # fmt: skip
+    expected = Counter()
+    for fault, n in proxy.injected.items():
+        expected[kinds[fault]] += n
+    assert set(retries) <= set(expected) and all(retries[k] <= expected[k] for k in retries)
+    assert sum(retries.values()) >= sum(expected.values()) - 4 > 0  # at most `concurrency` cancelled
     print(f"\nfault run: injected {dict(proxy.injected)}, retries {retries}")
 
 

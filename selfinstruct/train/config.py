@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import importlib.util
-import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from selfinstruct.config import read_toml
 from selfinstruct.errors import UserError
 from selfinstruct.train.data import Message, load_conversations
 
@@ -97,22 +97,12 @@ def load_train_config(
     """
     data = dict(defaults or {})
     if path is not None:
-        data.update(_read_toml(path))
+        data.update(read_toml(path))
     data.update(overrides)
     try:
         return TrainConfig.model_validate(data)
     except ValidationError as exc:
         raise UserError(_describe(exc, path, overrides)) from None
-
-
-def _read_toml(path: Path) -> dict[str, Any]:
-    try:
-        with open(path, "rb") as f:
-            return tomllib.load(f)
-    except FileNotFoundError:
-        raise UserError(f"{path}: config file not found — check the --config path") from None
-    except tomllib.TOMLDecodeError as exc:
-        raise UserError(f"{path}: not valid TOML: {exc}") from None
 
 
 def _describe(exc: ValidationError, path: Path | None, overrides: dict[str, Any]) -> str:

@@ -10,12 +10,12 @@ everything before it the prompt, so the loss falls on the response only (trl's c
 
 from __future__ import annotations
 
-import json
 import random
 from pathlib import Path
 from typing import Any
 
 from selfinstruct.errors import UserError
+from selfinstruct.tasks import json_rows
 
 Message = dict[str, str]
 ROLES = ("system", "user", "assistant")
@@ -39,30 +39,10 @@ def load_conversations(path: Path) -> list[list[Message]]:
         raise UserError(f"{path}: not UTF-8 text — training data is JSON or JSONL") from None
     if not text.strip():
         raise UserError(f"{path}: data file is empty — it needs at least one record")
-    rows = _json_array_rows(path, text) if text.lstrip().startswith("[") else _jsonl_rows(path, text)
+    rows = json_rows(path, text)
     if not rows:
         raise UserError(f"{path}: data file holds no records")
     return [to_messages(where, row) for where, row in rows]
-
-
-def _json_array_rows(path: Path, text: str) -> list[tuple[str, Any]]:
-    try:
-        data = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise UserError(f"{path}:{exc.lineno}: invalid JSON ({exc.msg})") from None
-    return [(f"{path}: item {i}", row) for i, row in enumerate(data)]
-
-
-def _jsonl_rows(path: Path, text: str) -> list[tuple[str, Any]]:
-    rows = []
-    for lineno, line in enumerate(text.splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            rows.append((f"{path}:{lineno}", json.loads(line)))
-        except json.JSONDecodeError as exc:
-            raise UserError(f"{path}:{lineno}: invalid JSON ({exc.msg}) — one JSON object per line") from None
-    return rows
 
 
 def to_messages(where: str, row: Any) -> list[Message]:
