@@ -1,11 +1,14 @@
 """ROUGE-L novelty filter: rouge_score brute force against selfinstruct's RougeIndex.
 
 Both run the reference rule (candidates in order; rejected when ROUGE-L F > 0.7 against any kept
-one) on the same Alpaca stream in one run, with identical decisions asserted; then the index alone
-on 5K, 20K, the full 52K Alpaca set and a 100K stream (Alpaca plus edited copies), each in a fresh
-process so that its peak memory is its own. Needs ../shared/data/alpaca_data_52k.json.
+one) on the same stream in one run, with identical decisions asserted: the first 2,000 Alpaca
+instructions (and, with --stress, the 5,000-item stress stream with 1,624 near-duplicates). The
+index's CPU time is the median of five runs; brute force runs once. Then the index alone on 5K, 20K,
+the full 52K Alpaca set and a 100K stream (Alpaca plus edited copies), each in a fresh process that
+reads only the stream, so that its peak memory is the index's and the texts'. Needs ../shared/data.
 
-    .venv/bin/python scripts/bench_rouge.py            # the table in docs/benchmarks.md
+    .venv/bin/python scripts/bench_rouge.py            # the tables in docs/benchmarks.md
+    .venv/bin/python scripts/bench_rouge.py --stress   # also the 5K stress stream (+5 minutes)
     .venv/bin/python scripts/bench_rouge.py --quick    # smaller sizes
 """
 
@@ -15,23 +18,27 @@ import argparse
 import json
 import random
 import resource
+import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
-
-from rouge_score.rouge_scorer import RougeScorer, _score_lcs
 
 from selfinstruct.filters.rouge_index import RougeIndex
 from selfinstruct.filters.tokenizers import rouge_tokens
 
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "alpaca_data_52k.json"
+DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+
+
+def read(name: str):
+    if not (DATA / name).exists():
+        sys.exit(f"{DATA / name}: not found — the benchmark reads its data from ../shared/data")
+    return json.loads((DATA / name).read_text())
 
 
 def alpaca() -> list[str]:
-    if not DATA.exists():
-        sys.exit(f"{DATA}: not found — the benchmark reads the Alpaca data from ../shared/data")
-    return [r["instruction"] for r in json.loads(DATA.read_text())]
+    return [r["instruction"] for r in read("alpaca_data_52k.json")]
 
 
 def stream(size: int) -> list[str]:
@@ -50,6 +57,8 @@ def stream(size: int) -> list[str]:
 
 def brute_force(texts: list[str]) -> list[bool]:
     """Self-Instruct's loop: RougeScorer.score(new, old) against every kept instruction."""
+    from rouge_score.rouge_scorer import RougeScorer  # here, so that --one does not load nltk
+
     scorer = RougeScorer(["rougeL"], use_stemmer=False)
     kept: list[str] = []
     decisions = []
@@ -63,6 +72,8 @@ def brute_force(texts: list[str]) -> list[bool]:
 
 def brute_force_pretokenized(texts: list[str]) -> list[bool]:
     """Alpaca's loop: the pool tokenized once, rouge_score's LCS scoring per pair."""
+    from rouge_score.rouge_scorer import _score_lcs
+
     kept: list[list[str]] = []
     decisions = []
     for text in texts:
@@ -85,16 +96,40 @@ def timed(fn, texts):
     return result, time.perf_counter() - wall, time.process_time() - cpu
 
 
-def one(size: int) -> None:
-    """Child process: the index alone on one stream size; prints a JSON line."""
-    texts = stream(size)
-    decisions, wall, cpu = timed(indexed, texts)
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    print(
-        json.dumps(
-            {"size": size, "wall": wall, "cpu": cpu, "rejected": decisions.count(False), "peak_mb": peak}
-        )
-    )
+def one(path: str) -> None:
+    """Child process: the index alone on one stream (a JSON list in a file); prints a JSON line.
+    Its peak memory is the interpreter, the texts and the index."""
+    texts = json.loads(Path(path).read_text())
+    wall, cpu = time.perf_counter(), time.process_time()
+    index = RougeIndex(0.7)
+    decisions = [index.check(t) for t in texts]
+    wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
+    print(json.dumps({"wall": wall, "cpu": cpu, "rejected": decisions.count(False), "peak_mb": peak_mb()}))
+
+
+def peak_mb() -> float:
+    """This process's peak resident memory in MB: VmHWM, which starts afresh at exec (ru_maxrss
+    would carry over the parent's peak from before the fork)."""
+    status = Path("/proc/self/status")
+    if status.exists():
+        for line in status.read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def compare(name: str, texts: list[str]) -> None:
+    """Brute force (both loops) and the index on one stream; identical decisions asserted."""
+    reference, _, brute_cpu = timed(brute_force, texts)
+    pretokenized, _, pre_cpu = timed(brute_force_pretokenized, texts)
+    runs = [timed(indexed, texts) for _ in range(5)]
+    ours, ours_cpu = runs[0][0], statistics.median(cpu for _, _, cpu in runs)
+    assert ours == reference == pretokenized, "decisions differ from rouge_score brute force"
+    print(f"{name}, {len(texts):,} instructions, identical decisions ({reference.count(False):,} rejected):")
+    print(f"  rouge_score brute force, score() per pair (Self-Instruct) {brute_cpu:8.2f} CPU-s")
+    print(f"  rouge_score brute force, pre-tokenized (Alpaca)           {pre_cpu:8.2f} CPU-s")
+    print(f"  RougeIndex (median of 5)                                  {ours_cpu:8.3f} CPU-s")
+    print(f"  ratio: {brute_cpu / ours_cpu:.0f}x (score), {pre_cpu / ours_cpu:.0f}x (pre-tokenized)\n")
 
 
 def main() -> None:
@@ -102,32 +137,27 @@ def main() -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--quick", action="store_true", help="500-item comparison; 5K and 20K only.")
-    parser.add_argument("--one", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--stress", action="store_true", help="Also compare on the 5K stress stream.")
+    parser.add_argument("--one", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.one:
         return one(args.one)
 
-    n = 500 if args.quick else 2000
-    texts = stream(n)
-    reference, _, brute_cpu = timed(brute_force, texts)
-    pretokenized, _, pre_cpu = timed(brute_force_pretokenized, texts)
-    ours, _, ours_cpu = timed(indexed, texts)
-    assert ours == reference == pretokenized, "decisions differ from rouge_score brute force"
-    print(f"{n} Alpaca instructions, identical decisions ({reference.count(False)} rejected):")
-    print(f"  rouge_score brute force, score() per pair (Self-Instruct) {brute_cpu:8.2f} CPU-s")
-    print(f"  rouge_score brute force, pre-tokenized (Alpaca)           {pre_cpu:8.2f} CPU-s")
-    print(f"  RougeIndex                                                {ours_cpu:8.3f} CPU-s")
-    print(f"  ratio: {brute_cpu / ours_cpu:.0f}x (score), {pre_cpu / ours_cpu:.0f}x (pre-tokenized)\n")
+    compare("Alpaca", stream(500 if args.quick else 2000))
+    if args.stress:
+        compare("Stress stream", read("stress_stream_5000.json")["stream"])
 
     print("| stream | wall | CPU | rejected | peak memory |\n| ---: | ---: | ---: | ---: | ---: |")
-    for size in [5000, 20000] + ([] if args.quick else [52002, 100000]):
-        out = subprocess.run(
-            [sys.executable, __file__, "--one", str(size)], capture_output=True, text=True, check=True
-        )
-        r = json.loads(out.stdout)
-        print(
-            f"| {size:,} | {r['wall']:.1f} s | {r['cpu']:.1f} s | {r['rejected']:,} | {r['peak_mb']:.0f} MB |"
-        )
+    with tempfile.TemporaryDirectory() as tmp:
+        for size in [5000, 20000] + ([] if args.quick else [52002, 100000]):
+            path = Path(tmp) / f"{size}.json"
+            path.write_text(json.dumps(stream(size)))
+            out = subprocess.run(
+                [sys.executable, __file__, "--one", str(path)], capture_output=True, text=True, check=True
+            )
+            r = json.loads(out.stdout)
+            cells = f"{r['wall']:.1f} s | {r['cpu']:.1f} s | {r['rejected']:,} | {r['peak_mb']:.0f} MB"
+            print(f"| {size:,} | {cells} |")
 
 
 if __name__ == "__main__":

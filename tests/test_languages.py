@@ -47,6 +47,16 @@ def test_unicode_tokens_equal_rouge_score_tokens_on_ascii(text):
     assert unicode_tokens(text) == DefaultTokenizer().tokenize(text)
 
 
+@given(st.text())
+def test_rouge_tokens_equal_rouge_score_tokens_on_any_text(text):
+    assert rouge_tokens(text) == DefaultTokenizer().tokenize(text)
+
+
+@pytest.mark.parametrize("text", ["KELVIN \u212a", "\u0130stanbul", "a\nb", "ß-ẞ", "x\u0300y"])
+def test_rouge_tokens_follow_rouge_score_where_lowercasing_makes_ascii(text):
+    assert rouge_tokens(text) == DefaultTokenizer().tokenize(text)
+
+
 def test_the_unicode_tokenizer_sees_chinese_near_duplicates():
     a, b = "写一首关于春天的诗", "写一首关于秋天的诗"
     for tokenizer, score in [(rouge_tokens, 0.0), (unicode_tokens, pytest.approx(8 / 9))]:

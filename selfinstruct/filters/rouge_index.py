@@ -1,30 +1,42 @@
 """An exact, incremental ROUGE-L novelty index that stays fast past 100K instructions.
 
 The reference rule (Self-Instruct, Alpaca) rejects a candidate whose rouge_score ROUGE-L F-measure
-against ANY pool instruction is above the threshold; brute force costs a full LCS per pool item,
-so a run's filtering grows with the square of the pool. This index makes the same decisions while
-computing the LCS for only a handful of pool items per query:
+against ANY pool instruction is above the threshold t. From the LCS length L of the two token lists
+(m tokens in the candidate, n in the pool item) rouge_score computes P = L/n, R = L/m and
+F = 2·P·R/(P+R), which is 2L/(m+n) up to float rounding. Brute force costs an LCS per pool item;
+this index makes the same decisions while computing the LCS for only a handful of pool items.
 
-* F = 2·P·R/(P+R) with P = L/n, R = L/m, which is 2L/(m+n) up to rounding. F > t therefore needs
-  L ≥ need(m, n) = ceil((t − 1e-9)·(m+n)/2); the 1e-9 margin keeps every pair whose float F could
-  exceed t, and the float formula itself decides in the end (pairs at exactly F = 0.7 included).
-* L is at most min(m, n) (a length filter) and at most the multiset overlap of the token lists.
-  A token list becomes a set of (token, occurrence) elements, so multiset overlap is set overlap.
-* Prefix filtering (Bayardo et al., "Scaling up all pairs similarity search", WWW 2007): with every
-  set sorted by one global element order, two sets that share at least o elements share one among
-  their first |set| − o + 1. Each pool item is indexed under its prefix for the smallest overlap any
-  partner could need; a query probes with its own. Rare elements come first, so prefixes avoid the
-  frequent words and posting lists stay short. The order must stay fixed while items are indexed:
-  it is rebuilt from document frequencies whenever the pool has doubled (amortized linear), and an
-  element first seen after a rebuild counts as rarest.
-* Candidates that share a prefix element and pass the length filter get an exact LCS (rapidfuzz's
-  bit-parallel LCSseq over token ids) and rouge_score's float formula.
+* F > t needs L ≥ need(m, n) = ceil((t − 1e-9)·(m+n)/2); the 1e-9 margin keeps every pair whose
+  float F could exceed t, and the float formula itself decides in the end (pairs at exactly F = 0.7
+  included). L is at most min(m, n) (the length filter) and at most the multiset overlap of the
+  two token lists.
+* Encoding: every token gets one character, and a token list becomes a string of them, which
+  rapidfuzz's bit-parallel LCS reads directly. As a set, a token list is its (token, occurrence)
+  elements, the k-th repeat of a character written as that character k+1 times, so that set
+  overlap is multiset overlap.
+* Prefix filtering (Bayardo et al., "Scaling up all pairs similarity search", WWW 2007): with
+  every set sorted by one global order, two sets sharing at least o elements share one among
+  the first |set| − o + 1 of each. A pool item is indexed under its prefix for the smallest
+  overlap any partner could need; a query probes with its own. The global order is the order of
+  the characters, so sorting a string sorts its elements: rare tokens get low characters, so that
+  prefixes hold rare words and posting lists stay short.
+* The order must stay fixed for the items already indexed. Tokens are re-ranked by document
+  frequency whenever the pool has doubled (every item re-encoded and re-indexed: amortized
+  linear); a token first seen in between gets a character below all others, which leaves the
+  order among existing tokens, and with it every indexed prefix, unchanged. A query's tokens
+  unknown to the pool all read as the lowest character: they match nothing.
+* The candidates (pool items sharing a prefix element with the query) go to one rapidfuzz
+  `process.extract` call: a bit-parallel LCS for each in C++, keeping those that reach the least
+  LCS any partner of the query's size needs (for most queries, none). The length filter, the
+  exact need(m, n) and rouge_score's float formula decide the few it keeps.
+* The cost per query is a few microseconds of Python (tokenize, encode, sort, probe) plus that
+  one call; `scripts/bench_rouge.py` measures it against rouge_score brute force.
 """
 
 from __future__ import annotations
 
 import math
-from collections import defaultdict
+from collections import Counter, defaultdict
 
 import numpy as np
 from rapidfuzz import process
@@ -33,27 +45,15 @@ from rapidfuzz.distance import LCSseq
 from selfinstruct.filters.tokenizers import Tokenizer, rouge_tokens
 
 _MARGIN = 1e-9
+_UNKNOWN = "\0"  # a query token the pool has never seen: below every token character
+_SURROGATES = 0x800  # code points 0xD800-0xDFFF cannot stand alone in a str
+_CODES = 0x110000 - _SURROGATES - 1  # usable code points, 0 excluded
+_FIRST_REBUILD = 64
 
 
-def _char(token_id: int) -> str:
-    """A character per token id, skipping the surrogate range. Tokens unknown to the pool (negative
-    ids, only in queries) all map to one character no pool item contains: they match nothing."""
-    if token_id < 0:
-        return chr(0x10FFFF)
-    code = token_id + 32
-    if code >= 0xD800:
-        code += 0x800
-    if code > 0x10F000:
-        raise ValueError("more than a million distinct tokens")
-    return chr(code)
-
-
-def _rouge_f(lcs: np.ndarray, m: int, n: np.ndarray) -> np.ndarray:
-    """rouge_f over arrays, with the same float64 operations in the same order."""
-    with np.errstate(invalid="ignore", divide="ignore"):
-        precision, recall = lcs / n, lcs / m
-        f = 2 * precision * recall / (precision + recall)
-    return np.where(lcs > 0, f, 0.0)
+def _char(code: int) -> str:
+    """The code-th usable character (1 ≤ code ≤ _CODES), skipping the surrogates."""
+    return chr(code if code < 0xD800 else code + _SURROGATES)
 
 
 def rouge_f(lcs: int, m: int, n: int) -> float:
@@ -62,6 +62,16 @@ def rouge_f(lcs: int, m: int, n: int) -> float:
         return 0.0
     precision, recall = lcs / n, lcs / m
     return 2 * precision * recall / (precision + recall)
+
+
+def _elements(chars: list[str]) -> list[str]:
+    """Sorted characters as (token, occurrence) elements: a repeat becomes the character k+1 times."""
+    out, previous, k = [], "", 0
+    for c in chars:
+        k = k + 1 if c == previous else 0
+        out.append(c * (k + 1) if k else c)
+        previous = c
+    return out
 
 
 class RougeIndex:
@@ -73,141 +83,123 @@ class RougeIndex:
         self.threshold = threshold
         self.tokenize = tokenizer
         self.texts: list[str] = []
-        self._seqs: list[str] = []  # token ids as characters, for the LCS
-        self._elems: list[list[int]] = []  # (token, occurrence) element ids
-        self._token_ids: dict[str, int] = {}
-        self._elem_ids: dict[tuple[int, int], int] = {}
-        self._rank: dict[int, int] = {}  # element -> position in the global order (rare first)
-        self._prefix_postings: dict[int, list[int]] = defaultdict(list)
-        self._postings: dict[int, list[int]] = defaultdict(list)  # every element, for most_similar
-        self._df: list[int] = []  # document frequency of each element
-        self._lengths = np.zeros(1024, dtype=np.int64)  # token count of each item
-        self._next_rebuild = 1024
-        t = threshold - _MARGIN
-        # The smallest overlap any partner of a set of size n could need (see the module docstring).
-        self._min_overlap = lambda n: self._need(max(1, math.ceil(t * n / (2 - t))), n) if n else 0
+        self._seqs: list[str] = []  # one character per token, for the LCS and the order
+        self._chars: dict[str, str] = {}  # token -> its character
+        self._df: Counter[str] = Counter()  # document frequency of each token
+        self._next_char = _CODES  # new tokens count down from here until the next rebuild
+        self._prefix_postings: dict[str, list[int]] = defaultdict(list)
+        self._postings: dict[str, list[int]] | None = None  # every element; built by most_similar
+        self._next_rebuild = _FIRST_REBUILD
+        self._rows: dict[int, tuple[int, list[int], int]] = {}  # m -> (prefix length, need, least)
 
     def __len__(self) -> int:
         return len(self.texts)
 
-    def _need(self, m: int, n: int) -> int:
-        return max(1, math.ceil((self.threshold - _MARGIN) * (m + n) / 2))
+    def _row(self, m: int) -> tuple[int, list[int], int]:
+        """For a set of m elements: how many of its first elements form its prefix, need(m, n) for
+        every partner size n (0 where the length filter already rules the pair out), and the
+        least of those needs."""
+        row = self._rows.get(m)
+        if row is None:
+            t = self.threshold - _MARGIN
+            need = [0] * (math.floor(m * (2 - t) / t) + 2)
+            for n in range(1, len(need)):
+                lcs = max(1, math.ceil(t * (m + n) / 2))
+                need[n] = lcs if min(m, n) >= lcs else 0
+            least = min((k for k in need if k), default=m)  # the least any partner needs
+            row = self._rows[m] = (m - least + 1, need, least)
+        return row
 
-    def _encode(self, text: str, grow: bool) -> tuple[str, list[int]]:
-        """Token ids (as a string, one character per token: rapidfuzz's fastest LCS input) and
-        (token, occurrence) element ids; unknown tokens and elements get new ids only if grow."""
-        seq, elems, seen = [], [], defaultdict(int)
-        for tok in self.tokenize(text):
-            tid = self._token_ids.get(tok)
-            if tid is None:
-                tid = len(self._token_ids) if grow else -1  # not in the pool: matches nothing
-                if grow:
-                    self._token_ids[tok] = tid
-            seq.append(tid)
-            occ = seen[tid]
-            seen[tid] += 1
-            eid = self._elem_ids.get((tid, occ))
-            if eid is None:
-                if grow:
-                    eid = self._elem_ids[(tid, occ)] = len(self._elem_ids)
-                    self._df.append(0)
-                    self._rank[eid] = eid - 2**40  # new since the last rebuild: rarest
-                else:
-                    eid = -1 - len(elems)  # unseen: shares nothing with the pool
-            elems.append(eid)
-        return "".join(map(_char, seq)), elems
+    def _encode(self, tokens: list[str]) -> str:
+        chars = self._chars
+        return "".join([chars.get(tok, _UNKNOWN) for tok in tokens])
 
-    def _prefix(self, elems: list[int]) -> list[int]:
-        """The elements under which a set is indexed or probed: its first n - o + 1 in the global
-        order, o being the smallest overlap any partner could need. Elements the pool has never
-        seen (negative ids, queries only) count as the rarest: they take prefix places but can
-        match nothing, so they are not returned."""
-        n = len(elems)
-        if not n:
-            return []
-        known = [e for e in elems if e >= 0]
-        keep = n - self._min_overlap(n) + 1 - (n - len(known))
-        if keep <= 0:
-            return []
-        known.sort(key=self._rank.__getitem__)
-        return known[:keep]
+    def _prefix(self, seq: str, keep: int) -> list[str]:
+        """The first `keep` elements of a token list in the global order."""
+        first = sorted(seq)[:keep]
+        return first if len(set(first)) == len(first) else _elements(first)
 
     def add(self, text: str) -> int:
-        return self._add(text, *self._encode(text, grow=True))
+        """Put a text in the pool; its position in `texts`."""
+        return self._add(text, self.tokenize(text))
 
-    def _add(self, text: str, seq: str, elems: list[int]) -> int:
+    def _add(self, text: str, tokens: list[str], seq: str | None = None) -> int:
+        """`seq`, when given, is the query encoding of `tokens`, kept unless a token is new."""
+        if seq is None or _UNKNOWN in seq:
+            if self._next_char <= len(tokens):
+                self._rebuild(reserve=len(tokens))  # out of characters below the ranked ones
+            chars = self._chars
+            for tok in tokens:
+                if tok not in chars:
+                    chars[tok] = _char(self._next_char)
+                    self._next_char -= 1
+            seq = "".join([chars[tok] for tok in tokens])
+        self._df.update(set(tokens))
         item = len(self.texts)
         self.texts.append(text)
         self._seqs.append(seq)
-        self._elems.append(elems)
-        if item == len(self._lengths):
-            self._lengths = np.concatenate([self._lengths, np.zeros_like(self._lengths)])
-        self._lengths[item] = len(seq)
-        for e in elems:
-            self._df[e] += 1
-            self._postings[e].append(item)
+        if self._postings is not None:
+            for e in _elements(sorted(seq)):
+                self._postings[e].append(item)
         if len(self.texts) >= self._next_rebuild:
             self._rebuild()
-        else:
-            for e in self._prefix(elems):
-                self._prefix_postings[e].append(item)
+        elif seq:
+            self._index_prefix(item, seq)
         return item
 
-    def _rebuild(self) -> None:
-        """A fresh global order from the document frequencies, and every prefix indexed again."""
+    def _index_prefix(self, item: int, seq: str) -> None:
+        postings = self._prefix_postings
+        for e in self._prefix(seq, (self._rows.get(len(seq)) or self._row(len(seq)))[0]):
+            postings[e].append(item)
+
+    def _rebuild(self, reserve: int = 0) -> None:
+        """Rank the tokens again, rarest first, then re-encode and re-index every item."""
         df = self._df
-        self._rank = {e: r for r, e in enumerate(sorted(range(len(df)), key=lambda e: (df[e], e)))}
+        ranked = sorted(df, key=df.__getitem__)  # stable: ties stay in order of first appearance
+        if 2 * len(ranked) + reserve > _CODES:
+            raise ValueError("more than half a million distinct tokens in the pool")
+        spare = max(len(ranked), 4096, reserve)  # characters left below the ranked ones for new tokens
+        table, chars = {}, {}
+        for rank, tok in enumerate(ranked):
+            new = chars[tok] = _char(spare + 1 + rank)
+            table[ord(self._chars[tok])] = new
+        self._chars, self._next_char = chars, spare
+        self._seqs = [seq.translate(table) for seq in self._seqs]
+        if self._postings is not None:
+            self._postings = defaultdict(list, {e.translate(table): p for e, p in self._postings.items()})
         self._prefix_postings = defaultdict(list)
-        for item, elems in enumerate(self._elems):
-            for e in self._prefix(elems):
-                self._prefix_postings[e].append(item)
+        for item, seq in enumerate(self._seqs):
+            if seq:
+                self._index_prefix(item, seq)
         self._next_rebuild = 2 * len(self.texts)
 
     def query(self, text: str) -> tuple[int | None, float]:
         """The pool item with the highest F among those above the threshold, else (None, 0.0)."""
-        return self._query(*self._encode(text, grow=False))
+        return self._query(self._encode(self.tokenize(text)))
 
-    def _query(self, seq: str, elems: list[int]) -> tuple[int | None, float]:
+    def _query(self, seq: str) -> tuple[int | None, float]:
         m = len(seq)
         if m == 0:
             return None, 0.0
-        candidates: set[int] = set()
+        keep, need, least = self._rows.get(m) or self._row(m)
         postings = self._prefix_postings
-        for e in self._prefix(elems):
-            if e >= 0 and e in postings:
-                candidates.update(postings[e])
+        candidates = set().union(*[postings.get(e, ()) for e in self._prefix(seq, keep)])
         if not candidates:
             return None, 0.0
-        if len(candidates) <= 48:  # few candidates: plain Python beats numpy's per-call overhead
-            best, best_f, seqs, threshold = None, 0.0, self._seqs, self.threshold
-            for item in sorted(candidates):
-                other = seqs[item]
-                n = len(other)
-                need = self._need(m, n)
-                if min(m, n) < need:
-                    continue
-                lcs = LCSseq.similarity(seq, other, score_cutoff=need)
-                if lcs:
-                    f = rouge_f(lcs, m, n)
-                    if f > threshold and f > best_f:
-                        best, best_f = item, f
-            return best, best_f
-        items = np.fromiter(candidates, dtype=np.int64, count=len(candidates))
-        items.sort()
-        n = self._lengths[items]
-        need = np.maximum(1, np.ceil((self.threshold - _MARGIN) * (m + n) / 2))
-        fits = np.minimum(m, n) >= need  # the length filter
-        items, n = items[fits], n[fits]
-        if not len(items):
-            return None, 0.0
-        seqs = self._seqs
-        lcs = process.cdist([seq], [seqs[i] for i in items], scorer=LCSseq.similarity, dtype=np.int64)[0]
-        f = _rouge_f(lcs, m, n)
-        above = f > self.threshold
-        if not above.any():
-            return None, 0.0
-        best = int(np.argmax(np.where(above, f, -1.0)))
-        return int(items[best]), float(f[best])
+        items = list(candidates)
+        others = list(map(self._seqs.__getitem__, items))
+        # One C++ pass scores every candidate and keeps those whose LCS reaches `least`, the
+        # smallest any partner of m tokens needs (most queries keep none); the exact length and
+        # float checks run on those.
+        hits = process.extract(seq, others, scorer=LCSseq.similarity, score_cutoff=least, limit=None)
+        best, best_f, threshold, size = None, 0.0, self.threshold, len(need)
+        for other, length, k in hits:
+            item, n = items[k], len(other)
+            if n < size and need[n] and length >= need[n]:
+                f = rouge_f(length, m, n)
+                if f > threshold and (f > best_f or (f == best_f and item < best)):
+                    best, best_f = item, f
+        return best, best_f
 
     def most_similar(self, text: str) -> tuple[int | None, float]:
         """The pool item with the highest F whatever its score ((None, 0.0) if none shares a token).
@@ -215,9 +207,14 @@ class RougeIndex:
         Overlap counts over the full posting lists give each item the upper bound 2·o/(m+n); items
         are verified in decreasing order of that bound until it cannot beat the best F found.
         """
-        seq, elems = self._encode(text, grow=False)
+        if self._postings is None:
+            self._postings = defaultdict(list)
+            for item, other in enumerate(self._seqs):
+                for e in _elements(sorted(other)):
+                    self._postings[e].append(item)
+        seq = self._encode(self.tokenize(text))
         m = len(seq)
-        lists = [self._postings[e] for e in elems if e >= 0 and e in self._postings]
+        lists = [self._postings[e] for e in _elements(sorted(seq)) if e in self._postings]
         if not m or not lists:
             return None, 0.0
         items, overlap = np.unique(np.concatenate([np.asarray(p) for p in lists]), return_counts=True)
@@ -234,10 +231,10 @@ class RougeIndex:
         return best, best_f
 
     def check(self, text: str) -> bool:
-        """Query, then add the text when it is kept; True when kept. The text is encoded once:
-        tokens new to the pool get ids either way, and match nothing until an item holds them."""
-        seq, elems = self._encode(text, grow=True)
-        match, _ = self._query(seq, elems)
+        """Query, then add the text when it is kept; True when kept."""
+        tokens = self.tokenize(text)
+        seq = self._encode(tokens)
+        match, _ = self._query(seq)
         if match is None:
-            self._add(text, seq, elems)
+            self._add(text, tokens, seq)
         return match is None

@@ -8,16 +8,16 @@ pure-ASCII text it yields exactly rouge_score's tokens.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 
 import regex
-from rouge_score.tokenizers import DefaultTokenizer
 
 Tokenizer = Callable[[str], list[str]]
 
 _CJK = r"\p{Han}\p{Hiragana}\p{Katakana}\p{Hangul}"
 _UNICODE_TOKEN = regex.compile(rf"[{_CJK}]|(?:(?![{_CJK}])[\p{{L}}\p{{M}}\p{{N}}])+")
-_ROUGE = DefaultTokenizer(use_stemmer=False)
+_ROUGE_TOKEN = re.compile(r"[a-z0-9]+")
 CJK_CHAR = regex.compile(rf"[{_CJK}]")
 
 
@@ -27,14 +27,15 @@ def count_words(text: str) -> int:
 
 
 def rouge_tokens(text: str) -> list[str]:
-    """rouge_score's default tokens (no stemming)."""
-    return _ROUGE.tokenize(text)
+    """rouge_score's default tokens (no stemming): it lowercases, turns every run of characters
+    other than [a-z0-9] into a space and splits, which leaves exactly the runs of [a-z0-9]."""
+    return _ROUGE_TOKEN.findall(text.lower())
 
 
 def unicode_tokens(text: str) -> list[str]:
     """CJK characters one token each; other letters, marks and digits as lowercased words."""
     if text.isascii():
-        return _ROUGE.tokenize(text)
+        return _ROUGE_TOKEN.findall(text.lower())
     return _UNICODE_TOKEN.findall(text.lower())
 
 
