@@ -136,3 +136,59 @@ def test_edge_cases():
     assert index.query("completely unrelated words") == (None, 0.0)
     with pytest.raises(ValueError):
         RougeIndex(0)
+
+
+def synthetic(rng: random.Random, size: int, fresh_words: int = 2) -> list[str]:
+    """Sentences over a skewed vocabulary with some never-seen words, half of them edited copies
+    of earlier ones; needs no data files."""
+    common = [f"w{i}" for i in range(200)]
+    weights = [1 / (i + 1) for i in range(200)]
+    stream: list[str] = []
+    for k in range(size):
+        if stream and rng.random() < 0.5:
+            stream.append(edit(rng, rng.choice(stream)))
+        else:
+            words = rng.choices(common, weights, k=rng.randint(1, 25))
+            words += [f"new{k}x{j}" for j in range(rng.randint(0, fresh_words))]
+            rng.shuffle(words)
+            stream.append(" ".join(words))
+    return stream
+
+
+@pytest.mark.parametrize("seed", [1, 2])
+def test_synthetic_streams_match_brute_force_across_rebuilds(seed):
+    stream = synthetic(random.Random(seed), 500)
+    decisions = indexed(stream)
+    assert decisions == brute_force(stream)
+    assert 50 < sum(not kept for kept, _ in decisions) < 450
+
+
+def test_running_out_of_characters_for_new_tokens_rebuilds_the_order():
+    rng = random.Random(5)
+    stream = synthetic(rng, 150)  # past the first rebuild, then 4,400 new tokens before the next
+    stream += [" ".join(f"long{k}x{j}" for j in range(110)) for k in range(40)]
+    stream += [edit(rng, rng.choice(stream)) for _ in range(60)]
+    index, reserve_rebuilds = RougeIndex(0.7), []
+    rebuild = index._rebuild
+    index._rebuild = lambda reserve=0: (reserve_rebuilds.append(reserve), rebuild(reserve))
+    decisions = []
+    for text in stream:
+        match, score = index.query(text)
+        decisions.append((match is None, score))
+        if match is None:
+            index.add(text)
+    assert any(reserve_rebuilds)
+    assert decisions == brute_force(stream)
+
+
+def test_most_similar_stays_exact_as_the_pool_grows():
+    rng = random.Random(11)
+    stream = synthetic(rng, 900)
+    index, pool_tokens = RougeIndex(0.7), []
+    for k, text in enumerate(stream):
+        if k in (30, 200, 899):  # the full postings are built at the first call, then kept up
+            tokens = rouge_tokens(text)
+            best = max((rouge_scorer._score_lcs(tokens, p).fmeasure for p in pool_tokens), default=0.0)
+            assert index.most_similar(text)[1] == best
+        index.add(text)
+        pool_tokens.append(rouge_tokens(text))
