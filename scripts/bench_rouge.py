@@ -26,7 +26,6 @@ import time
 from pathlib import Path
 
 from selfinstruct.filters.rouge_index import RougeIndex
-from selfinstruct.filters.tokenizers import rouge_tokens
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 
@@ -73,11 +72,13 @@ def brute_force(texts: list[str]) -> list[bool]:
 def brute_force_pretokenized(texts: list[str]) -> list[bool]:
     """Alpaca's loop: the pool tokenized once, rouge_score's LCS scoring per pair."""
     from rouge_score.rouge_scorer import _score_lcs
+    from rouge_score.tokenizers import DefaultTokenizer
 
+    tokenizer = DefaultTokenizer(use_stemmer=False)
     kept: list[list[str]] = []
     decisions = []
     for text in texts:
-        tokens = rouge_tokens(text)
+        tokens = tokenizer.tokenize(text)
         keep = all(_score_lcs(tokens, k).fmeasure <= 0.7 for k in kept)
         decisions.append(keep)
         if keep:
@@ -100,10 +101,7 @@ def one(path: str) -> None:
     """Child process: the index alone on one stream (a JSON list in a file); prints a JSON line.
     Its peak memory is the interpreter, the texts and the index."""
     texts = json.loads(Path(path).read_text())
-    wall, cpu = time.perf_counter(), time.process_time()
-    index = RougeIndex(0.7)
-    decisions = [index.check(t) for t in texts]
-    wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
+    decisions, wall, cpu = timed(indexed, texts)
     print(json.dumps({"wall": wall, "cpu": cpu, "rejected": decisions.count(False), "peak_mb": peak_mb()}))
 
 

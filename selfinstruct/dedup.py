@@ -18,7 +18,7 @@ from tqdm import tqdm
 from selfinstruct.errors import UserError
 from selfinstruct.filters.rouge_index import RougeIndex
 from selfinstruct.filters.tokenizers import TOKENIZERS, default_tokenizer
-from selfinstruct.tasks import json_rows, load_seeds
+from selfinstruct.tasks import json_rows, load_seeds, read_text
 
 
 @dataclass
@@ -31,12 +31,7 @@ class DedupResult:
 
 def read_input(path: Path, field: str) -> tuple[str, list[Any], list[str]]:
     """(format, records, texts): format is 'jsonl', 'json' or 'text'."""
-    if not path.is_file():
-        raise UserError(f"{path}: input not found — pass an existing JSONL, JSON or text file")
-    try:
-        text = path.read_text(encoding="utf-8")
-    except UnicodeDecodeError:
-        raise UserError(f"{path}: not UTF-8 text") from None
+    text = read_text(path, "input not found — pass an existing JSONL, JSON or text file", "not UTF-8 text")
     if text.lstrip().startswith(("[", "{")):
         rows = json_rows(path, text)
         records = [row for _, row in rows]

@@ -35,12 +35,11 @@ class SeedTask(BaseModel):
 def load_seeds_located(path: Path) -> list[tuple[str, SeedTask]]:
     """Seed tasks with where each one is written ('FILE:LINE' or 'FILE: item N'), for messages."""
     path = Path(path)
-    if not path.is_file():
-        raise UserError(f"{path}: seed file not found — pass --seeds with an existing file")
-    try:
-        text = path.read_text(encoding="utf-8")
-    except UnicodeDecodeError:
-        raise UserError(f"{path}: not UTF-8 text — seed files are JSON or JSONL") from None
+    text = read_text(
+        path,
+        "seed file not found — pass --seeds with an existing file",
+        "not UTF-8 text — seed files are JSON or JSONL",
+    )
     if not text.strip():
         raise UserError(f"{path}: seed file is empty — it needs at least one task")
     rows = json_rows(path, text)
@@ -53,6 +52,16 @@ def load_seeds_located(path: Path) -> list[tuple[str, SeedTask]]:
 def load_seeds(path: Path) -> list[SeedTask]:
     """Read seed tasks from seed-format JSONL, Alpaca JSONL, or a JSON array of either."""
     return [task for _, task in load_seeds_located(path)]
+
+
+def read_text(path: Path, not_found: str, not_text: str) -> str:
+    """A UTF-8 file's text; a missing file or other bytes are a UserError '{path}: {message}'."""
+    if not path.is_file():
+        raise UserError(f"{path}: {not_found}")
+    try:
+        return path.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise UserError(f"{path}: {not_text}") from None
 
 
 def json_rows(path: Path, text: str) -> list[tuple[str, Any]]:

@@ -1,16 +1,10 @@
 """User errors: one line naming the file or flag, exit code 2, nothing overwritten."""
 
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
-
-
-def selfinstruct(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "selfinstruct", *args], capture_output=True, text=True, timeout=120
-    )
+from clirun import selfinstruct
 
 
 def assert_user_error(result: subprocess.CompletedProcess, *fragments: str) -> None:

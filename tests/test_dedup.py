@@ -2,9 +2,9 @@
 
 import json
 import subprocess
-import sys
 from pathlib import Path
 
+from clirun import selfinstruct
 from rouge_score import rouge_scorer
 
 TEXTS = [
@@ -19,12 +19,7 @@ TEXTS = [
 
 
 def dedup(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "selfinstruct", "dedup", "--no-progress", *args],
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    return selfinstruct("dedup", "--no-progress", *args)
 
 
 def reference(texts, threshold=0.7):

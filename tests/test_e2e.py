@@ -2,12 +2,10 @@
 
 import itertools
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+from clirun import selfinstruct
 from rouge_score import rouge_scorer
 
 from selfinstruct.filters import HeuristicFilter
@@ -21,23 +19,13 @@ SECRET = "sk-test-should-never-be-written-9f8e7d"
 TARGET = 16
 
 
-def selfinstruct(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "selfinstruct", *args],
-        capture_output=True,
-        text=True,
-        env={**os.environ, **(env or {})},
-        timeout=1200,
-    )
-
-
 @pytest.fixture(scope="module")
 def run_dir(vllm_server, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("run") / "run"
     result = selfinstruct(
         "run", "--backend", "openai", "--base-url", vllm_server.base_url,
         "-n", str(TARGET), "-o", str(out), "--seed", "3", "--concurrency", "8", "--no-progress",
-        env={"OPENAI_API_KEY": SECRET},
+        env={"OPENAI_API_KEY": SECRET}, timeout=1200,
     )  # fmt: skip
     assert result.returncode == 0, result.stderr[-3000:]
     assert f"accepted {TARGET}/{TARGET} instructions" in result.stdout
@@ -111,7 +99,7 @@ def test_chat_endpoint(vllm_server):
 def test_unknown_model_is_a_one_line_error(vllm_server, tmp_path: Path):
     result = selfinstruct(
         "run", "--backend", "openai", "--base-url", vllm_server.base_url, "--model", "no-such-model",
-        "-n", "2", "-o", str(tmp_path / "run"), "--no-progress",
+        "-n", "2", "-o", str(tmp_path / "run"), "--no-progress", timeout=1200,
     )  # fmt: skip
     assert result.returncode == 2
     assert result.stderr.strip().splitlines()[-1].startswith("error: model 'no-such-model' is not served")

@@ -2,10 +2,10 @@
 
 import json
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+from clirun import selfinstruct
 from rouge_score import rouge_scorer
 
 from selfinstruct.resources import resource_path
@@ -17,12 +17,7 @@ needs_original = pytest.mark.skipif(not ORIGINAL.exists(), reason="../shared/dat
 
 
 def seeds_check(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "selfinstruct", "seeds", "check", *args],
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    return selfinstruct("seeds", "check", *args)
 
 
 def test_english_seed_set():

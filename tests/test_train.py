@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+from clirun import selfinstruct
 
 torch = pytest.importorskip("torch")
 pytest.importorskip("trl")
@@ -28,12 +28,6 @@ RECORDS = [
     {"instruction": "Write the next number.", "input": "1, 2, 3", "output": "4"},
 ]
 TINY_MAX_POSITIONS = 128
-
-
-def selfinstruct(*args: str, timeout: int = 300) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "selfinstruct", *args], capture_output=True, text=True, timeout=timeout
-    )
 
 
 def assert_user_error(result: subprocess.CompletedProcess, *fragments: str) -> None:

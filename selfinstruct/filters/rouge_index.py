@@ -106,7 +106,7 @@ class RougeIndex:
             for n in range(1, len(need)):
                 lcs = max(1, math.ceil(t * (m + n) / 2))
                 need[n] = lcs if min(m, n) >= lcs else 0
-            least = min((k for k in need if k), default=m)  # the least any partner needs
+            least = min(k for k in need if k)  # the least any partner needs (n = m always can)
             row = self._rows[m] = (m - least + 1, need, least)
         return row
 
@@ -139,17 +139,20 @@ class RougeIndex:
         self.texts.append(text)
         self._seqs.append(seq)
         if self._postings is not None:
-            for e in _elements(sorted(seq)):
-                self._postings[e].append(item)
+            self._post_elements(item, seq)
         if len(self.texts) >= self._next_rebuild:
             self._rebuild()
         elif seq:
             self._index_prefix(item, seq)
         return item
 
+    def _post_elements(self, item: int, seq: str) -> None:
+        for e in _elements(sorted(seq)):
+            self._postings[e].append(item)
+
     def _index_prefix(self, item: int, seq: str) -> None:
         postings = self._prefix_postings
-        for e in self._prefix(seq, (self._rows.get(len(seq)) or self._row(len(seq)))[0]):
+        for e in self._prefix(seq, self._row(len(seq))[0]):
             postings[e].append(item)
 
     def _rebuild(self, reserve: int = 0) -> None:
@@ -181,7 +184,7 @@ class RougeIndex:
         m = len(seq)
         if m == 0:
             return None, 0.0
-        keep, need, least = self._rows.get(m) or self._row(m)
+        keep, need, least = self._row(m)
         postings = self._prefix_postings
         candidates = set().union(*[postings.get(e, ()) for e in self._prefix(seq, keep)])
         if not candidates:
@@ -210,8 +213,7 @@ class RougeIndex:
         if self._postings is None:
             self._postings = defaultdict(list)
             for item, other in enumerate(self._seqs):
-                for e in _elements(sorted(other)):
-                    self._postings[e].append(item)
+                self._post_elements(item, other)
         seq = self._encode(self.tokenize(text))
         m = len(seq)
         lists = [self._postings[e] for e in _elements(sorted(seq)) if e in self._postings]

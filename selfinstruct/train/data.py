@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from selfinstruct.errors import UserError
-from selfinstruct.tasks import json_rows
+from selfinstruct.tasks import json_rows, read_text
 
 Message = dict[str, str]
 ROLES = ("system", "user", "assistant")
@@ -31,12 +31,11 @@ PLAIN_HEADERS = {"user": "### Instruction:\n", "assistant": "### Response:\n"}
 def load_conversations(path: Path) -> list[list[Message]]:
     """Read a data file into one message list per record; every problem is a UserError naming the place."""
     path = Path(path)
-    if not path.is_file():
-        raise UserError(f"{path}: data file not found — pass --data with e.g. a run's dataset.jsonl")
-    try:
-        text = path.read_text(encoding="utf-8")
-    except UnicodeDecodeError:
-        raise UserError(f"{path}: not UTF-8 text — training data is JSON or JSONL") from None
+    text = read_text(
+        path,
+        "data file not found — pass --data with e.g. a run's dataset.jsonl",
+        "not UTF-8 text — training data is JSON or JSONL",
+    )
     if not text.strip():
         raise UserError(f"{path}: data file is empty — it needs at least one record")
     rows = json_rows(path, text)
