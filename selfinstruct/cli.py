@@ -8,6 +8,7 @@ import signal
 import sys
 from pathlib import Path
 
+from selfinstruct import interrupts
 from selfinstruct.errors import UserError
 
 log = logging.getLogger("selfinstruct")
@@ -197,10 +198,6 @@ def cmd_models_path(args: argparse.Namespace) -> int:
     return 0
 
 
-def _terminate(signum, frame):
-    raise KeyboardInterrupt
-
-
 def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
     logging.basicConfig(
@@ -210,13 +207,16 @@ def main(argv: list[str] | None = None) -> None:
     )
     for name in ("httpx", "httpx2", "openai"):
         logging.getLogger(name).setLevel(logging.WARNING)
-    signal.signal(signal.SIGTERM, _terminate)  # stop a started server on `kill` as on Ctrl-C
+    interrupts.install()  # SIGINT, SIGTERM, SIGHUP: one clean way to stop (see interrupts.py)
+    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # past a file-size limit a write fails (EFBIG)
     try:
-        code = args.func(args)
+        with interrupts.armed():
+            code = args.func(args)
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)
         code = 2
-    except KeyboardInterrupt:
-        print("interrupted: records written so far are kept", file=sys.stderr)
-        code = 130
+    except (interrupts.Interrupted, KeyboardInterrupt) as exc:
+        name = exc.name if isinstance(exc, interrupts.Interrupted) else "SIGINT"
+        print(f"interrupted ({name}): records written so far are kept", file=sys.stderr)
+        code = exc.exit_code if isinstance(exc, interrupts.Interrupted) else 130
     sys.exit(code)

@@ -7,3 +7,14 @@ class UserError(Exception):
 
 class EndpointError(UserError):
     """The model endpoint failed past the retry budget or answered with a permanent error."""
+
+
+class StorageError(UserError):
+    """A file could not be written or read: disk full, file-size limit, I/O error, read-only file system."""
+
+    def __init__(self, path, exc: OSError, doing: str = "write", then: str = "run the same command again"):
+        cause = exc.strerror or str(exc)
+        super().__init__(
+            f"{path}: cannot {doing} ({cause}) — free space or fix the file system, then {then}; "
+            "records written so far are kept"
+        )

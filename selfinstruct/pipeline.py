@@ -10,6 +10,7 @@ Every stage appends its records to its own JSONL file as they arrive.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import random
 from collections import Counter
 from dataclasses import dataclass
@@ -18,6 +19,7 @@ from typing import Protocol
 
 from selfinstruct.cache import ResponseCache, request_key
 from selfinstruct.config import RunConfig, Sampling
+from selfinstruct.errors import UserError
 from selfinstruct.filters import HeuristicFilter, NoveltyFilter, RougeIndex, run_filters
 from selfinstruct.filters.instances import NearDuplicateRecords, apply_instance_rules
 from selfinstruct.filters.tokenizers import TOKENIZERS
@@ -82,6 +84,18 @@ def sample_demos(
     return demos
 
 
+async def _all_or_none(coros: list) -> None:
+    """Run the coroutines concurrently; when one fails or the caller is cancelled, cancel the rest
+    and wait for them, so no request outlives the stage."""
+    tasks = [asyncio.ensure_future(c) for c in coros]
+    try:
+        await asyncio.gather(*tasks)
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+
 class Pipeline:
     """One run. Started on a run directory an interrupted run left behind, it continues that run:
     the pool and every stage's progress are rebuilt from the files, cached responses are replayed
@@ -130,9 +144,16 @@ class Pipeline:
             with self.progress.stage("instances", len(tasks)):
                 todo = self._replay_annotations(tasks)
                 semaphore = asyncio.Semaphore(self.config.concurrency)
-                await asyncio.gather(*(self.annotate(t, semaphore) for t in todo))
-        finally:
+                await _all_or_none([self.annotate(t, semaphore) for t in todo])
+        except BaseException:
+            # Stopped (a signal, an error): keep the counts, unless the disk refuses that too, in
+            # which case the first error is the one to report.
+            with contextlib.suppress(UserError):
+                self.save_stats()
+            raise
+        else:
             self.save_stats()
+        finally:
             self.files.close()
         return self.stats
 

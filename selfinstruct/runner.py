@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
 import time
@@ -14,6 +13,8 @@ from selfinstruct.errors import EndpointError, UserError
 from selfinstruct.filters import HeuristicFilter
 from selfinstruct.generation.backends import Endpoint, check_backend, open_endpoint
 from selfinstruct.generation.client import LLMClient
+from selfinstruct.interrupts import run_async
+from selfinstruct.locking import LOCK_NAME, exclusive
 from selfinstruct.pipeline import Pipeline
 from selfinstruct.stats import RunStats
 from selfinstruct.tasks import SeedTask, load_seeds, write_json_atomic
@@ -51,12 +52,13 @@ def run(
     check_backend(config.backend)
     run_dir = config.output_dir or Path("outputs") / time.strftime("run-%Y%m%d-%H%M%S")
     config.output_dir = run_dir
-    resuming = prepare_run_dir(run_dir, config, allow_changed_settings)
-    write_json_atomic(run_dir / "config.json", public_dict(config))
-    log.info("%s run directory %s", "resuming the" if resuming else "new", run_dir)
-
-    with open_endpoint(config.backend, run_dir / "vllm_server.log", config.seed) as endpoint:
-        stats = asyncio.run(_generate(config, endpoint, seeds, heuristics, run_dir, progress))
+    make_dir(run_dir)
+    with exclusive(run_dir, "run"):  # one run per directory, until this process ends
+        resuming = prepare_run_dir(run_dir, config, allow_changed_settings)
+        write_json_atomic(run_dir / "config.json", public_dict(config))
+        log.info("%s run directory %s", "resuming the" if resuming else "new", run_dir)
+        with open_endpoint(config.backend, run_dir / "vllm_server.log", config.seed) as endpoint:
+            stats = run_async(_generate(config, endpoint, seeds, heuristics, run_dir, progress))
 
     print(
         f"accepted {stats.accepted}/{stats.target} instructions "
@@ -73,15 +75,30 @@ def run(
     return 0
 
 
-def prepare_run_dir(path: Path, config: RunConfig, allow_changed_settings: bool) -> bool:
-    """Make a new run directory, or check that an existing one holds a run with these settings.
-
-    Returns True when resuming. A directory with other content is never touched.
-    """
-    saved_path = path / "config.json"
+def make_dir(path: Path) -> None:
+    """Create the run directory and its parents (the lock file in it is the first write)."""
     if path.exists() and not path.is_dir():
         raise UserError(f"{path}: exists and is not a directory — choose another --output-dir")
-    if path.is_dir() and any(path.iterdir()):
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UserError(
+            f"{path}: cannot write the output directory ({exc.strerror}) — choose another --output-dir"
+        ) from None
+
+
+def _leftover(p: Path) -> bool:
+    """The lock file, and temporary files a run stopped in mid-rename may leave."""
+    return p.name == LOCK_NAME or p.name.endswith(".tmp")
+
+
+def prepare_run_dir(path: Path, config: RunConfig, allow_changed_settings: bool) -> bool:
+    """Check that a run directory is new, or holds a run with these settings (returns True then).
+
+    A directory with other content is never touched.
+    """
+    saved_path = path / "config.json"
+    if any(not _leftover(p) for p in path.iterdir()):
         if not saved_path.is_file():
             raise UserError(f"{path}: output directory is not empty — choose another --output-dir")
         try:
@@ -97,14 +114,6 @@ def prepare_run_dir(path: Path, config: RunConfig, allow_changed_settings: bool)
                 "settings, choose another --output-dir, or pass --allow-changed-settings"
             )
         return True
-    try:
-        path.mkdir(parents=True, exist_ok=True)
-        (path / ".write-test").touch()
-        (path / ".write-test").unlink()
-    except OSError as exc:
-        raise UserError(
-            f"{path}: cannot write the output directory ({exc.strerror}) — choose another --output-dir"
-        ) from None
     return False
 
 

