@@ -3,7 +3,8 @@
 It reads which of the run's prompts it was sent (instruction list, classification check, input-first
 or output-first instances) and answers in that prompt's format with made-up words, so every stage
 runs and most instructions pass the filters. `latency` (seconds) delays each answer, to keep
-requests in flight. Run it alone with `python tests/fast_endpoint.py --port 8123`.
+requests in flight; `items` instructions answer each instruction prompt. Run it alone with
+`python tests/fast_endpoint.py --port 8123`.
 """
 
 from __future__ import annotations
@@ -20,8 +21,9 @@ VERBS = "Describe Explain Summarize List Compare Rewrite Classify Suggest Outlin
 
 
 class FastEndpoint:
-    def __init__(self, latency: float = 0.0, seed: int = 0, model: str = "fast-model"):
+    def __init__(self, latency: float = 0.0, seed: int = 0, model: str = "fast-model", items: int = 7):
         self.latency = latency
+        self.items = items  # instructions per answer to an instruction prompt
         self.model = model
         self.requests = 0
         self._rng = random.Random(seed)
@@ -101,7 +103,8 @@ class FastEndpoint:
         if tail.startswith("Is it classification?"):
             return " Yes" if self._rng.random() < 0.2 else " No"
         if tail.startswith("Class label:"):
-            return f" {self._word()}\nInput: {self._sentence(6)}\nClass label: {self._word()}\nInput: {self._sentence(6)}"
+            pairs = [f"{self._word()}\nInput: {self._sentence(6)}" for _ in range(2)]
+            return " " + "\nClass label: ".join(pairs)
         if tail.startswith("Input:"):
             pairs = [f" {self._sentence(5)}\nOutput: {self._sentence(8)}"]
             pairs += [
@@ -109,7 +112,7 @@ class FastEndpoint:
             ]
             return "".join(pairs)
         first = int(tail.rstrip(".")) if tail.rstrip(".").isdigit() else 9
-        items = [f"{n}. {self._instruction()}" for n in range(first, 16)]
+        items = [f"{n}. {self._instruction()}" for n in range(first, first + self.items)]
         return " " + "\n".join(items)[len(f"{first}. ") :] + "\n\n"
 
     def _word(self) -> str:
