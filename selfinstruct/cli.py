@@ -8,7 +8,7 @@ import signal
 import sys
 from pathlib import Path
 
-from selfinstruct import interrupts
+from selfinstruct import __version__, interrupts
 from selfinstruct.errors import UserError
 
 log = logging.getLogger("selfinstruct")
@@ -42,6 +42,7 @@ RUN_FLAGS = {
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m selfinstruct", description=__doc__)
     parser.add_argument("-v", "--verbose", action="store_true", help="Log debug messages.")
+    parser.add_argument("--version", action="version", version=f"selfinstruct {__version__}")
     commands = parser.add_subparsers(dest="command", required=True)
 
     run = commands.add_parser("run", help="Generate an instruction dataset from seed tasks.")

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import tomllib
 from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from selfinstruct import tasks
 from selfinstruct.errors import UserError
 from selfinstruct.filters.tokenizers import default_tokenizer, detect_language
 from selfinstruct.resources import resource_path
@@ -136,6 +136,8 @@ def load_config(path: Path | None, overrides: dict[str, Any], flag_names: dict[s
         *parents, leaf = dotted.split(".")
         for key in parents:
             node = node.setdefault(key, {})
+            if not isinstance(node, dict):  # e.g. `backend = "openai"` in the file and --model given
+                raise UserError(_not_a_table(path, key, node))
         node[leaf] = value
     try:
         return RunConfig.model_validate(data)
@@ -143,14 +145,17 @@ def load_config(path: Path | None, overrides: dict[str, Any], flag_names: dict[s
         raise UserError(_describe(exc, path, overrides, flag_names)) from None
 
 
+def _not_a_table(path: Path | None, key: str, value: Any) -> str:
+    section = RunConfig.model_fields[key].annotation
+    first = next(iter(section.model_fields)) if isinstance(section, type) else "..."
+    return (
+        f"{path}: {key}: expected a table ([{key}] with {first} = ...) — got {value!r}; "
+        f"write the setting on its own line under a [{key}] header"
+    )
+
+
 def read_toml(path: Path) -> dict[str, Any]:
-    try:
-        with open(path, "rb") as f:
-            return tomllib.load(f)
-    except FileNotFoundError:
-        raise UserError(f"{path}: config file not found — check the --config path") from None
-    except tomllib.TOMLDecodeError as exc:
-        raise UserError(f"{path}: not valid TOML: {exc}") from None
+    return tasks.read_toml(path, "config file not found — check the --config path")
 
 
 def _describe(exc: ValidationError, path: Path | None, overrides: dict, flag_names: dict) -> str:
@@ -160,6 +165,8 @@ def _describe(exc: ValidationError, path: Path | None, overrides: dict, flag_nam
         where = flag_names.get(dotted) if dotted in overrides else f"{path or 'config'}: {dotted}"
         if err["type"] == "extra_forbidden":
             parts.append(f"{where}: unknown setting — see `python -m selfinstruct run --help`")
+        elif err["type"] == "model_type" and dotted in RunConfig.model_fields and dotted not in overrides:
+            parts.append(_not_a_table(path, dotted, err.get("input")))
         else:
             parts.append(f"{where}: {err['msg']} (got {err.get('input')!r})")
     return "; ".join(parts)

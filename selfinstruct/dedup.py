@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -18,6 +19,7 @@ from tqdm import tqdm
 from selfinstruct.errors import UserError
 from selfinstruct.filters.rouge_index import RougeIndex
 from selfinstruct.filters.tokenizers import TOKENIZERS, default_tokenizer
+from selfinstruct.locking import exclusive
 from selfinstruct.tasks import json_rows, load_seeds, read_text
 
 
@@ -72,12 +74,46 @@ def dedup(
     tokenizer: str = "auto",
     progress: bool = True,
 ) -> DedupResult:
+    """Write the records of `input` that are novel to `output`, and the others to `rejected`.
+
+    Both outputs are new files (missing folders are made), each locked against another process
+    writing it for as long as the job runs; nothing that exists is overwritten.
+    """
     if not 0 < threshold <= 1:
         raise UserError(f"--threshold: {threshold} is outside (0, 1] — pass e.g. 0.7")
-    for path in (output, rejected):
-        if path is not None and path.exists():
-            raise UserError(f"{path}: already exists — choose another path; nothing was overwritten")
-    form, records, texts = read_input(Path(input), field)
+    outputs = [Path(output)] + ([Path(rejected)] if rejected is not None else [])
+    if len(outputs) == 2 and outputs[0].resolve() == outputs[1].resolve():
+        raise UserError(
+            f"--rejected {rejected} is the same file as -o {output} — "
+            "give the dropped records a path of their own"
+        )
+    with ExitStack() as stack:
+        for path in outputs:
+            _make_parent(path)
+            stack.enter_context(exclusive(path, "dedup"))
+            if path.exists():
+                raise UserError(f"{path}: already exists — choose another path; nothing was overwritten")
+        return _dedup(Path(input), outputs, field, threshold, against, tokenizer, progress)
+
+
+def _make_parent(path: Path) -> None:
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        why = "a file has that name" if isinstance(exc, FileExistsError) else exc.strerror
+        raise UserError(f"{path}: cannot create its folder ({why}) — choose another path") from None
+
+
+def _dedup(
+    input: Path,
+    outputs: list[Path],
+    field: str,
+    threshold: float,
+    against: Path | None,
+    tokenizer: str,
+    progress: bool,
+) -> DedupResult:
+    form, records, texts = read_input(input, field)
     seeds = [t.instruction for t in load_seeds(against)] if against else []
     if tokenizer == "auto":
         tokenizer = default_tokenizer(seeds + texts[:10000])
@@ -96,7 +132,7 @@ def dedup(
             dropped.append(
                 {"record": record, "most_similar": index.texts[match], "similarity": round(score, 4)}
             )
-    write_output(Path(output), form, kept)
-    if rejected is not None:
-        write_output(Path(rejected), "jsonl", dropped)
+    write_output(outputs[0], form, kept)
+    if len(outputs) == 2:
+        write_output(outputs[1], "jsonl", dropped)
     return DedupResult(read=len(texts), kept=len(kept), dropped=len(dropped), tokenizer=tokenizer)

@@ -17,7 +17,6 @@ The CLI turns `Interrupted` into one line on stderr and exit code 128 + the sign
 
 from __future__ import annotations
 
-import asyncio
 import os
 import signal
 import sys
@@ -122,10 +121,14 @@ def _hard_exit(signum: int) -> None:
 
 def run_async(coro: Coroutine[Any, Any, T]) -> T:
     """asyncio.run, with the signals cancelling the main task rather than raising inside it."""
+    import asyncio  # here, so that installing the handlers comes first when the CLI starts
+
     return asyncio.run(_cancel_on_signals(coro))
 
 
 async def _cancel_on_signals(coro: Coroutine[Any, Any, T]) -> T:
+    import asyncio
+
     loop = asyncio.get_running_loop()
     task = asyncio.current_task()
 

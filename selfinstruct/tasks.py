@@ -7,6 +7,7 @@ import json
 import logging
 import os
 import tempfile
+import tomllib
 from pathlib import Path
 from typing import Any
 
@@ -59,13 +60,35 @@ def load_seeds(path: Path) -> list[SeedTask]:
 
 
 def read_text(path: Path, not_found: str, not_text: str) -> str:
-    """A UTF-8 file's text; a missing file or other bytes are a UserError '{path}: {message}'."""
+    """A UTF-8 file's text, without a leading byte-order mark; a missing file, a directory, an
+    unreadable file or other bytes are a UserError '{path}: {message}'."""
+    path = Path(path)
+    if path.is_dir():
+        raise UserError(
+            f"{path}: is a directory, not a file — {not_found.partition(' — ')[2] or 'pass a file'}"
+        )
     if not path.is_file():
         raise UserError(f"{path}: {not_found}")
     try:
-        return path.read_text(encoding="utf-8")
+        return path.read_text(encoding="utf-8-sig")
     except UnicodeDecodeError:
         raise UserError(f"{path}: {not_text}") from None
+    except OSError as exc:
+        raise UserError(f"{path}: cannot read the file ({exc.strerror})") from None
+
+
+def read_toml(path: Path, not_found: str) -> dict[str, Any]:
+    """A TOML file's tables; every problem with the file is a UserError naming it."""
+    text = read_text(path, not_found, "not UTF-8 text — a TOML file is UTF-8")
+    try:
+        return tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise UserError(f"{path}: not valid TOML: {exc}") from None
+    except RecursionError:
+        raise UserError(f"{path}: not valid TOML: arrays or tables nested too deeply") from None
+
+
+TOO_DEEP = "JSON nested too deeply to read — records are flat objects of text fields; check the file"
 
 
 def json_rows(path: Path, text: str) -> list[tuple[str, Any]]:
@@ -79,6 +102,8 @@ def _json_array_rows(path: Path, text: str) -> list[tuple[str, Any]]:
         data = json.loads(text)
     except json.JSONDecodeError as exc:
         raise UserError(f"{path}:{exc.lineno}: invalid JSON ({exc.msg})") from None
+    except RecursionError:
+        raise UserError(f"{path}: {TOO_DEEP}") from None
     return [(f"{path}: item {i}", row) for i, row in enumerate(data)]
 
 
@@ -91,6 +116,8 @@ def _jsonl_rows(path: Path, text: str) -> list[tuple[str, Any]]:
             rows.append((f"{path}:{lineno}", json.loads(line)))
         except json.JSONDecodeError as exc:
             raise UserError(f"{path}:{lineno}: invalid JSON ({exc.msg}) — one JSON object per line") from None
+        except RecursionError:
+            raise UserError(f"{path}:{lineno}: {TOO_DEEP}") from None
     return rows
 
 

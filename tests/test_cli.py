@@ -97,3 +97,47 @@ def test_edited_run_file_names_the_line(tmp_path: Path):
     with pytest.raises(UserError, match="machine_instructions.jsonl:2: not a JSON record"):
         recover_jsonl(path)
     assert path.read_text() == '{"id": "a"}\nnot json\n{"id": "b"}\n'
+
+
+def test_version():
+    from selfinstruct import __version__
+
+    result = selfinstruct("--version")
+    assert (
+        result.returncode == 0 and result.stdout == f"selfinstruct {__version__}\n" == "selfinstruct 0.1.0\n"
+    )
+
+
+@pytest.mark.parametrize(
+    "args, fragments",
+    [
+        (
+            ["run", "--config", "{tmp}/folder"],
+            ["folder: is a directory, not a file — check the --config path"],
+        ),
+        (["run", "--config", "{tmp}/latin1.toml"], ["latin1.toml: not UTF-8 text"]),
+        (["run", "--filters", "{tmp}/folder"], ["folder: is a directory, not a file — pass --filters"]),
+        (["run", "--filters", "{tmp}/latin1.toml"], ["latin1.toml: not UTF-8 text"]),
+        (
+            ["run", "--filters", "{tmp}/blank-keyword.toml"],
+            ["blank-keyword.toml: keywords.words.0: '' is blank"],
+        ),
+        (["run", "--seeds", "{tmp}/folder"], ["folder: is a directory, not a file — pass --seeds"]),
+        (["run", "--seeds", "{tmp}/deep.json"], ["deep.json: JSON nested too deeply to read"]),
+        (
+            ["run", "--config", "{tmp}/backend-string.toml", "--model", "x"],
+            ["backend-string.toml: backend: expected a table ([backend] with kind = ...)"],
+        ),
+        (
+            ["train", "--config", "{tmp}/folder"],
+            ["folder: is a directory, not a file — check the --config path"],
+        ),
+    ],
+)
+def test_inputs_that_are_folders_deep_or_not_text(tmp_path: Path, args, fragments):
+    (tmp_path / "folder").mkdir()
+    (tmp_path / "latin1.toml").write_bytes(b"# caf\xe9\n")
+    (tmp_path / "blank-keyword.toml").write_text('[keywords]\nwords = [""]\n')
+    (tmp_path / "deep.json").write_text("[" * 100_000)
+    (tmp_path / "backend-string.toml").write_text('backend = "openai"\n')
+    assert_user_error(selfinstruct(*[a.format(tmp=tmp_path) for a in args]), *fragments)

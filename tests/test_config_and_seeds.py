@@ -111,3 +111,61 @@ def test_shipped_seed_set_loads():
     tasks = load_seeds(resource_path("seeds/en.jsonl"))
     assert len(tasks) >= 50
     assert all(t.instances for t in tasks)
+
+
+BOM = "\ufeff"
+
+
+@pytest.mark.parametrize(
+    "name, content",
+    [
+        ("seeds.jsonl", '{"instruction": "Add.", "output": "3"}\n{"instruction": "Sub.", "output": "1"}\n'),
+        ("seeds.json", '[{"instruction": "Add.", "output": "3"}, {"instruction": "Sub.", "output": "1"}]'),
+    ],
+)
+def test_a_byte_order_mark_is_not_part_of_the_text(tmp_path: Path, name, content):
+    """Windows editors save UTF-8 with a BOM; seeds and training data read the same with or without."""
+    from selfinstruct.train.data import load_conversations
+
+    path = tmp_path / name
+    path.write_text(BOM + content, encoding="utf-8")
+    assert [t.instruction for t in load_seeds(path)] == ["Add.", "Sub."]
+    assert [m[0]["content"] for m in load_conversations(path)] == ["Add.", "Sub."]
+
+
+@pytest.mark.parametrize(
+    "content, message",
+    [
+        ("[" * 100_000, "seeds.jsonl: JSON nested too deeply to read"),
+        (
+            '{"instruction": "ok", "output": "x"}\n' + '{"a": ' * 100_000,
+            "seeds.jsonl:2: JSON nested too deeply",
+        ),
+    ],
+)
+def test_deeply_nested_json_is_one_error_naming_the_file(tmp_path: Path, content, message):
+    path = tmp_path / "seeds.jsonl"
+    path.write_text(content)
+    with pytest.raises(UserError, match=message):
+        load_seeds(path)
+
+
+def test_a_backend_string_where_a_table_belongs_names_the_file(tmp_path: Path):
+    toml = tmp_path / "run.toml"
+    toml.write_text('backend = "openai"\n')
+    expected = r"run.toml: backend: expected a table \(\[backend\] with kind = \.\.\.\) — got 'openai'"
+    with pytest.raises(UserError, match=expected):
+        load_config(toml, {"backend.model": "x"}, {"backend.model": "--model"})  # the flag sets a key in it
+    with pytest.raises(UserError, match=expected):
+        load_config(toml, {}, {})
+
+
+def test_config_that_is_a_directory_or_not_utf8_or_has_a_bom(tmp_path: Path):
+    with pytest.raises(UserError, match=f"{tmp_path}: is a directory, not a file — check the --config path"):
+        load_config(tmp_path, {}, {})
+    toml = tmp_path / "run.toml"
+    toml.write_bytes(b"num_instructions = 5\n# caf\xe9\n")  # Latin-1
+    with pytest.raises(UserError, match="run.toml: not UTF-8 text"):
+        load_config(toml, {}, {})
+    toml.write_text(BOM + "num_instructions = 5\n", encoding="utf-8")
+    assert load_config(toml, {}, {}).num_instructions == 5

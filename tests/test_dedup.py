@@ -1,6 +1,7 @@
 """`selfinstruct dedup`: the novelty filter on a file, in order, in the input's own format."""
 
 import json
+import os
 import subprocess
 from pathlib import Path
 
@@ -76,4 +77,69 @@ def test_errors_name_the_line_and_never_overwrite(tmp_path: Path):
     src.write_text('{"instruction": "Add two numbers."}\n')
     result = dedup(str(src), "-o", str(out))
     assert result.returncode == 2 and "already exists" in result.stderr
+    assert out.read_text() == "keep me\n"
+
+
+def test_a_byte_order_mark_is_not_part_of_the_text(tmp_path: Path):
+    """A JSON array or JSONL file saved with a BOM reads as JSON, with the same decisions."""
+    (tmp_path / "in.json").write_text("\ufeff" + json.dumps([{"instruction": t} for t in TEXTS[:5]]))
+    (tmp_path / "in.jsonl").write_text(
+        "\ufeff" + "".join(json.dumps({"instruction": t}) + "\n" for t in TEXTS[:5])
+    )
+    for name in ("in.json", "in.jsonl"):
+        result = dedup(str(tmp_path / name), "-o", str(tmp_path / f"out-{name}"), "--tokenizer", "rouge")
+        assert result.returncode == 0, result.stderr
+    assert [r["instruction"] for r in json.loads((tmp_path / "out-in.json").read_text())] == reference(
+        TEXTS[:5]
+    )
+    lines = (tmp_path / "out-in.jsonl").read_text().splitlines()
+    assert (
+        [json.loads(ln)["instruction"] for ln in lines]
+        == reference(TEXTS[:5])
+        == [TEXTS[i] for i in (0, 2, 3)]
+    )
+
+
+def test_rejected_on_the_output_is_refused_before_reading(tmp_path: Path):
+    out = tmp_path / "out.jsonl"
+    result = dedup(
+        str(tmp_path / "not-read.jsonl"), "-o", str(out), "--rejected", str(tmp_path / "." / "out.jsonl")
+    )
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert result.stderr.strip() == (
+        f"error: --rejected {tmp_path / '.' / 'out.jsonl'} is the same file as -o {out} — "
+        "give the dropped records a path of their own"
+    )
+    assert not out.exists()
+
+
+def test_output_into_missing_folders(tmp_path: Path):
+    src = tmp_path / "in.txt"
+    src.write_text("\n".join(TEXTS[:3]) + "\n")
+    out, rej = tmp_path / "new" / "deeper" / "out.txt", tmp_path / "other" / "rej.jsonl"
+    result = dedup(str(src), "-o", str(out), "--rejected", str(rej), "--tokenizer", "rouge")
+    assert result.returncode == 0, result.stderr
+    assert out.read_text().splitlines() == [TEXTS[0], TEXTS[2]]
+    assert [json.loads(ln)["record"] for ln in rej.read_text().splitlines()] == [TEXTS[1]]
+    (tmp_path / "a-file").write_text("keep me")
+    result = dedup(str(src), "-o", str(tmp_path / "a-file" / "out.txt"))
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert "a-file/out.txt: cannot create its folder" in result.stderr
+    assert (tmp_path / "a-file").read_text() == "keep me"
+
+
+def test_an_output_another_process_writes_is_refused(tmp_path: Path):
+    from selfinstruct.locking import exclusive
+
+    src = tmp_path / "in.txt"
+    src.write_text("\n".join(TEXTS[:3]) + "\n")
+    out = tmp_path / "out.txt"
+    with exclusive(out, "dedup"):
+        result = dedup(str(src), "-o", str(out))
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert f"{out}: in use by process {os.getpid()} (selfinstruct dedup)" in result.stderr
+    assert not out.exists()
+    out.write_text("keep me\n")  # the lock is taken before the "already exists" check, and then released
+    result = dedup(str(src), "-o", str(out))
+    assert result.returncode == 2 and f"{out}: already exists" in result.stderr
     assert out.read_text() == "keep me\n"

@@ -118,3 +118,75 @@ def test_near_duplicate_records_across_tasks():
     assert dedup.is_duplicate("t1-0", "t1", text + ".", inp + "!")  # another task, same tokens
     assert not dedup.is_duplicate("t1-1", "t1", "Summarize the report in one line", "Sales rose 4%.")
     assert not dedup.is_duplicate("t2-0", "t2", "", "")  # nothing to compare
+
+
+def rules(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "rules.toml"
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        (
+            '[keywords]\nwords = ["image", ""]\n',
+            "rules.toml: keywords.words.1: '' is blank and would reject every",
+        ),
+        ('[keywords]\nwords = ["  "]\n', "rules.toml: keywords.words.0: '  ' is blank"),
+        ('[prefixes]\nreject = [""]\n', "rules.toml: prefixes.reject.0: '' is blank"),
+        (
+            "[length]\nmin_words = 200\nmax_words = 150\n",
+            r"rules.toml: length: min_words \(200\) is greater than max_words \(150\), which rejects every",
+        ),
+    ],
+)
+def test_rules_that_reject_everything_are_refused(tmp_path: Path, text, message):
+    with pytest.raises(UserError, match=message):
+        HeuristicFilter.from_file(rules(tmp_path, text))
+
+
+def test_equal_length_bounds_are_allowed(tmp_path: Path):
+    only_five = HeuristicFilter.from_file(rules(tmp_path, "[length]\nmin_words = 5\nmax_words = 5\n"))
+    assert only_five.check("Name five big rivers please.").reason is None
+    assert only_five.check("Name five big rivers now please.").reason == "too_long"
+
+
+def test_rules_and_keyword_files_that_are_folders_or_not_utf8(tmp_path: Path):
+    with pytest.raises(UserError, match=f"{tmp_path}: is a directory, not a file — pass --filters"):
+        HeuristicFilter.from_file(tmp_path)
+    (tmp_path / "latin1.toml").write_bytes(b"[prefixes]\nreject = ['Caf\xe9']\n")
+    with pytest.raises(UserError, match="latin1.toml: not UTF-8 text"):
+        HeuristicFilter.from_file(tmp_path / "latin1.toml")
+    (tmp_path / "kw").mkdir()
+    with pytest.raises(UserError, match=r"rules.toml: keywords.files: .*kw: is a directory, not a file"):
+        HeuristicFilter.from_file(rules(tmp_path, '[keywords]\nfiles = ["kw"]\n'))
+    (tmp_path / "kw.txt").write_bytes(b"caf\xe9\n")
+    with pytest.raises(UserError, match=r"rules.toml: keywords.files: .*kw.txt: not UTF-8 text"):
+        HeuristicFilter.from_file(rules(tmp_path, '[keywords]\nfiles = ["kw.txt"]\n'))
+    (tmp_path / "kw.txt").write_text("\ufeffimage\n", encoding="utf-8")  # a BOM is not part of the word
+    bom = HeuristicFilter.from_file(rules(tmp_path, '[keywords]\nfiles = ["kw.txt"]\n'))
+    assert bom.keywords == ["image"]
+
+
+@pytest.mark.parametrize(
+    "text, reason",
+    [
+        ("Explain what a C++ template is.", "blacklisted_keyword"),
+        ("Explain what a c++ template is.", "blacklisted_keyword"),
+        ("Explain what a C template is.", None),
+        ("Port this service to .NET today.", "blacklisted_keyword"),
+        ("Port this service to ASP.NET today.", None),  # a word character right before
+        ("Write a small server in Node.js please.", "blacklisted_keyword"),
+        ("Write a small server in Node please.", None),
+        ("Describe the image in detail please.", "blacklisted_keyword"),
+        ("Describe the image, in detail please.", "blacklisted_keyword"),
+        ("Describe the satellite imagery in detail.", None),  # whole keywords only
+        ("Describe the images in detail please.", None),  # `images` is not on this list
+    ],
+)
+def test_keywords_with_punctuation_match_as_whole_keywords(tmp_path: Path, text, reason):
+    kw = HeuristicFilter.from_file(
+        rules(tmp_path, '[keywords]\nwords = ["c++", ".net", "node.js", "image"]\n')
+    )
+    assert kw.check(text).reason == reason

@@ -3,33 +3,53 @@
 from __future__ import annotations
 
 import re
-import tomllib
 import unicodedata
 from pathlib import Path
+from typing import Annotated
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from selfinstruct.errors import UserError
 from selfinstruct.filters.base import Decision
 from selfinstruct.filters.tokenizers import CJK_CHAR, count_words
+from selfinstruct.tasks import read_text, read_toml
 
 
 class _Rules(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
+def _not_blank(text: str) -> str:
+    """A blank keyword or prefix is found in every instruction, and would reject them all."""
+    if not text.strip():
+        raise ValueError(f"{text!r} is blank and would reject every instruction — remove it")
+    return text
+
+
+NonBlank = Annotated[str, AfterValidator(_not_blank)]
+
+
 class LengthRule(_Rules):
     min_words: int = Field(4, ge=0)
     max_words: int = Field(150, ge=1)
 
+    @model_validator(mode="after")
+    def _bounds_leave_room(self) -> LengthRule:
+        if self.min_words > self.max_words:
+            raise ValueError(
+                f"min_words ({self.min_words}) is greater than max_words ({self.max_words}), "
+                "which rejects every instruction — lower min_words or raise max_words"
+            )
+        return self
+
 
 class KeywordRule(_Rules):
     files: list[str] = Field(default_factory=list)
-    words: list[str] = Field(default_factory=list)
+    words: list[NonBlank] = Field(default_factory=list)
 
 
 class PrefixRule(_Rules):
-    reject: list[str] = Field(default_factory=list)
+    reject: list[NonBlank] = Field(default_factory=list)
 
 
 class PunctuationRule(_Rules):
@@ -55,28 +75,22 @@ class HeuristicFilter:
     def __init__(self, rules: HeuristicRules, keywords: list[str]):
         self.rules = rules
         self.keywords = keywords
-        # Whole words; Chinese has no spaces between words, so a CJK keyword matches anywhere.
-        patterns = [re.escape(k) if CJK_CHAR.search(k) else rf"\b{re.escape(k)}\b" for k in keywords]
+        # Whole keywords: no word character right before or after, so `c++`, `.net` and `node.js`
+        # match while `image` does not match `imagery`. Chinese has no spaces between words, so a
+        # CJK keyword matches anywhere.
+        patterns = [re.escape(k) if CJK_CHAR.search(k) else rf"(?<!\w){re.escape(k)}(?!\w)" for k in keywords]
         self._keyword_re = re.compile("|".join(patterns), re.IGNORECASE) if keywords else None
 
     @classmethod
     def from_file(cls, path: Path) -> HeuristicFilter:
         path = Path(path)
-        try:
-            with open(path, "rb") as f:
-                data = tomllib.load(f)
-        except FileNotFoundError:
-            raise UserError(
-                f"{path}: filter rules not found — pass --filters with an existing TOML file"
-            ) from None
-        except tomllib.TOMLDecodeError as exc:
-            raise UserError(f"{path}: not valid TOML: {exc}") from None
+        data = read_toml(path, "filter rules not found — pass --filters with an existing TOML file")
         try:
             rules = HeuristicRules.model_validate(data)
         except ValidationError as exc:
             err = exc.errors()[0]
             field = ".".join(str(p) for p in err["loc"])
-            raise UserError(f"{path}: {field}: {err['msg']}") from None
+            raise UserError(f"{path}: {field}: {err['msg'].removeprefix('Value error, ')}") from None
         keywords = list(rules.keywords.words)
         for name in rules.keywords.files:
             keywords += _read_keywords(path.parent / name, path)
@@ -115,7 +129,8 @@ def _garbled(text: str, min_letter_share: float) -> bool:
 
 def _read_keywords(path: Path, rules_path: Path) -> list[str]:
     try:
-        lines = path.read_text(encoding="utf-8").splitlines()
-    except FileNotFoundError:
-        raise UserError(f"{rules_path}: keywords.files: {path} not found") from None
+        text = read_text(path, "not found", "not UTF-8 text — a keyword file is UTF-8, one keyword a line")
+    except UserError as exc:
+        raise UserError(f"{rules_path}: keywords.files: {exc}") from None
+    lines = text.splitlines()
     return [ln.strip() for ln in lines if ln.strip() and not ln.lstrip().startswith("#")]
