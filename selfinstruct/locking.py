@@ -1,13 +1,16 @@
 """One writer at a time: an exclusive OS lock on a run directory or an output file.
 
 `flock` locks belong to the open file, so the kernel drops them when the process ends in any way,
-SIGKILL included: a lock is never left stale. The lock file itself stays (removing it would let a
-process that opened it just before lock a file nobody else sees). The holder's PID is read from
-/proc/locks where there is one, else from the lock file, where the holder writes it.
+SIGKILL included: a lock is never left stale. The lock file of a directory stays in it (removing
+it would let a process that opened it just before lock a file nobody else sees). The lock file
+beside an output file is removed when the job ends: a job that writes a file refuses one that
+exists, so a process that locks the removed file then finds the output there and stops.
+The holder's PID is read from /proc/locks where there is one, else from the lock file.
 """
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import os
 from collections.abc import Iterator
@@ -54,6 +57,9 @@ def exclusive(target: Path, what: str = "") -> Iterator[None]:
             pass  # the PID is a courtesy for other processes; the lock is what counts
         yield
     finally:
+        if path.name != LOCK_NAME:
+            with contextlib.suppress(OSError):
+                path.unlink()
         os.close(fd)
 
 
