@@ -368,6 +368,7 @@ def test_resume_where_no_checkpoint_was_saved_starts_afresh(data, tiny_model, tm
     result = selfinstruct("train", "-o", str(out), "--resume", "--max-steps", "1", "--no-progress")
     assert result.returncode == 0, result.stderr
     assert "no checkpoint was saved there yet — starting afresh" in result.stderr
+    assert "resuming with changed" not in result.stderr  # max_steps 2 -> 1, but no schedule to continue
     assert json.loads(result.stdout.strip().splitlines()[-1])["steps"] == 1
     log = [json.loads(line) for line in (out / "train_log.jsonl").read_text().splitlines()]
     assert [row["step"] for row in log] == [1] and log[0]["loss"] != 99.0
@@ -483,6 +484,19 @@ def test_some_records_longer_than_max_length_are_cut_or_left_out(tiny_model, tmp
     assert f"1 of {len(records)} training records left out" in caplog.text
     lengths = sorted(len(row["input_ids"]) for row in trainer.train_dataset)
     assert len(lengths) == len(records) - 1 and lengths[-1] == TINY_MAX_POSITIONS  # the long response is cut
+
+
+def test_packed_rows_are_not_taken_for_records_left_out(tiny_model, tmp_path, caplog):
+    from selfinstruct.train.trainer import check_lengths
+
+    data = write_jsonl(tmp_path / "d.jsonl", RECORDS * 2)
+    trainer, tokenizer = tiny_trainer(data, tiny_model, tmp_path / "out", packing=True)
+    assert len(trainer.train_dataset) < len(RECORDS) * 2  # several records per row
+    cfg = TrainConfig(data=data, output_dir=tmp_path / "out", max_length=TINY_MAX_POSITIONS, packing=True)
+    rows = [format_example(messages, chat=True) for messages in load_conversations(data)]
+    with caplog.at_level(logging.WARNING, logger="selfinstruct.train.trainer"):
+        check_lengths(cfg, tokenizer, [(rows, trainer.train_dataset), ([], None)])
+    assert "left out" not in caplog.text
 
 
 # ---- user errors: one line, exit code 2 --------------------------------------------------------------

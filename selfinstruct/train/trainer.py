@@ -228,8 +228,13 @@ def build_trainer(cfg, model, tokenizer, train_rows, eval_rows, device: str, pro
 
 
 def check_lengths(cfg: TrainConfig, tokenizer, splits) -> None:
-    """trl cuts records at max_length and drops those whose prompt alone fills it (no response token
-    left to learn from). Some dropped is a warning; all of a split dropped is a UserError."""
+    """Records trl left out for their length: some is a warning, all of a split a UserError.
+
+    Without packing, trl cuts records at max_length and drops those whose prompt alone fills it (no
+    response token left to learn from). Packing cuts and never drops, and its rows are not records.
+    """
+    if cfg.packing:
+        return
     for (rows, prepared), which in zip(splits, ("training", "held-out"), strict=True):
         if not rows or len(prepared) == len(rows):
             continue
