@@ -4,6 +4,8 @@ SmolLM2-135M-Instruct for the saved adapter and the merged model."""
 from __future__ import annotations
 
 import json
+import logging
+import os
 import subprocess
 from pathlib import Path
 
@@ -13,8 +15,10 @@ from clirun import selfinstruct
 torch = pytest.importorskip("torch")
 pytest.importorskip("trl")
 
+from selfinstruct.errors import UserError  # noqa: E402
 from selfinstruct.generation.embedded import prepare_embedded_model  # noqa: E402
-from selfinstruct.train.config import TrainConfig, check_inputs  # noqa: E402
+from selfinstruct.locking import exclusive  # noqa: E402
+from selfinstruct.train.config import TrainConfig, check_inputs, claim_output_dir  # noqa: E402
 from selfinstruct.train.data import format_example, load_conversations, render_plain  # noqa: E402
 
 RECORDS = [
@@ -42,6 +46,24 @@ def assert_user_error(result: subprocess.CompletedProcess, *fragments: str) -> N
 def write_jsonl(path: Path, records: list[dict]) -> Path:
     path.write_text("".join(json.dumps(r) + "\n" for r in records))
     return path
+
+
+def snapshot(folder: Path) -> dict[str, bytes | None]:
+    """Every path under the folder with its bytes (None for a folder)."""
+    return {
+        str(p.relative_to(folder)): p.read_bytes() if p.is_file() else None for p in sorted(folder.rglob("*"))
+    }
+
+
+def interrupted_job(out: Path, data: Path, base: Path) -> Path:
+    """What a job stopped at step 3, before its first checkpoint, leaves: settings, log, lock, runs/."""
+    out.mkdir(parents=True)
+    cfg = TrainConfig(data=data, output_dir=out, base_model=str(base), max_steps=2, save_steps=50)
+    (out / "train_config.json").write_text(json.dumps(cfg.model_dump(mode="json")))
+    write_jsonl(out / "train_log.jsonl", [{"step": step, "loss": 99.0} for step in (1, 2, 3)])
+    (out / ".selfinstruct.lock").write_text("4321\n")
+    (out / "runs" / "Dec01_10-00-00_host").mkdir(parents=True)
+    return out
 
 
 @pytest.fixture(scope="module")
@@ -327,6 +349,154 @@ def test_resume_continues_from_the_last_checkpoint_with_the_saved_settings(data,
     log = [json.loads(line) for line in (out / "train_log.jsonl").read_text().splitlines()]
     assert [row["step"] for row in log] == [1, 2, 3]
     assert json.loads((out / "train_config.json").read_text())["max_steps"] == 3
+
+
+def test_a_rerun_where_the_job_saved_no_checkpoint_starts_afresh(data, tiny_model, tmp_path):
+    from selfinstruct.train.trainer import train
+
+    out = interrupted_job(tmp_path / "out", data, tiny_model)
+    cfg = TrainConfig(data=data, output_dir=out, base_model=str(tiny_model), max_steps=2, save_steps=2)
+    assert train(cfg, progress=False)["steps"] == 2
+    log = [json.loads(line) for line in (out / "train_log.jsonl").read_text().splitlines()]
+    assert [row["step"] for row in log] == [1, 2]  # the stale log is gone, not mixed in
+    assert all(row["loss"] != 99.0 for row in log)
+    assert (out / "adapter_model.safetensors").is_file() and (out / "checkpoint-2").is_dir()
+
+
+def test_resume_where_no_checkpoint_was_saved_starts_afresh(data, tiny_model, tmp_path):
+    out = interrupted_job(tmp_path / "out", data, tiny_model)
+    result = selfinstruct("train", "-o", str(out), "--resume", "--max-steps", "1", "--no-progress")
+    assert result.returncode == 0, result.stderr
+    assert "no checkpoint was saved there yet — starting afresh" in result.stderr
+    assert "resuming with changed" not in result.stderr  # max_steps 2 -> 1, but no schedule to continue
+    assert json.loads(result.stdout.strip().splitlines()[-1])["steps"] == 1
+    log = [json.loads(line) for line in (out / "train_log.jsonl").read_text().splitlines()]
+    assert [row["step"] for row in log] == [1] and log[0]["loss"] != 99.0
+
+
+@pytest.mark.parametrize(
+    "extra, resume, fragment",
+    [
+        ("notes.txt", False, "output directory is not empty"),
+        ("notes.txt", True, "no checkpoint to resume from"),
+        ("adapter_model.safetensors", False, "output directory is not empty"),
+        ("runs", False, "output directory is not empty"),  # a file named runs, not the Trainer's folder
+    ],
+)
+def test_a_folder_with_more_than_an_unsaved_job_is_refused(
+    data, tiny_model, tmp_path, extra, resume, fragment
+):
+    out = interrupted_job(tmp_path / "out", data, tiny_model)
+    if extra == "runs":
+        (out / "runs" / "Dec01_10-00-00_host").rmdir()
+        (out / "runs").rmdir()
+    (out / extra).write_text("kept\n")
+    before = snapshot(out)
+    args = ["--resume"] if resume else []
+    result = selfinstruct(
+        "train", "--data", str(data), "-o", str(out), "--base-model", str(tiny_model), *args
+    )
+    assert_user_error(result, str(out), fragment)
+    assert snapshot(out) == before
+
+
+def test_an_output_dir_that_is_a_file_is_refused(data, tmp_path):
+    target = tmp_path / "sft"
+    target.write_text("a file\n")
+    assert_user_error(selfinstruct("train", "--data", str(data), "-o", str(target)), str(target), "is a file")
+    assert target.read_text() == "a file\n"
+
+
+def test_a_second_train_on_a_folder_in_use_is_refused_and_changes_nothing(data, tiny_model, tmp_path):
+    out = interrupted_job(tmp_path / "out", data, tiny_model)
+    with exclusive(out, "train"):
+        before = snapshot(out)
+        result = selfinstruct("train", "--data", str(data), "-o", str(out), "--base-model", str(tiny_model))
+        assert_user_error(result, str(out), f"in use by process {os.getpid()}", "selfinstruct train")
+        assert snapshot(out) == before
+
+
+def test_train_holds_the_lock_it_checks_the_folder_under(data, tiny_model, tmp_path):
+    """The lock of the job itself, taken after the early checks: the folder is created, then locked."""
+    from selfinstruct.train.trainer import train
+
+    out = tmp_path / "new" / "sft"
+    cfg = TrainConfig(data=data, output_dir=out, base_model=str(tiny_model), max_steps=1)
+    inputs = check_inputs(cfg, resume=False)
+    out.mkdir(parents=True)
+    with exclusive(out, "train"):
+        with pytest.raises(UserError, match=f"in use by process {os.getpid()}"):
+            train(cfg, progress=False, inputs=inputs)
+    assert [p.name for p in out.iterdir()] == [".selfinstruct.lock"]
+    with claim_output_dir(out, resume=False) as checkpoint:  # released: the job can take it now
+        assert checkpoint is None
+        with pytest.raises(UserError, match=f"in use by process {os.getpid()}"):
+            with exclusive(out, "train"):
+                pass
+
+
+# ---- records longer than --max-length -----------------------------------------------------------------
+
+
+LONG_PROMPT = "Summarize the following text. " + " ".join(["The river runs past the old mill."] * 8)
+
+
+def test_records_all_longer_than_max_length_are_one_line_and_the_rerun_starts_afresh(tiny_model, tmp_path):
+    from transformers import AutoTokenizer
+
+    from selfinstruct.train.trainer import train
+
+    data = write_jsonl(
+        tmp_path / "long.jsonl", [{"instruction": LONG_PROMPT, "output": "A mill by a river."}] * 3
+    )
+    out = tmp_path / "out"
+    args = ["--data", str(data), "-o", str(out), "--base-model", str(tiny_model), "--max-length", "32"]
+    result = selfinstruct("train", *args, "--max-steps", "1", "--no-progress")
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model)
+    messages = [
+        {"role": "user", "content": LONG_PROMPT},
+        {"role": "assistant", "content": "A mill by a river."},
+    ]
+    length = len(_ids(tokenizer.apply_chat_template(messages, tokenize=True)))
+    assert 32 < length < TINY_MAX_POSITIONS
+    assert_user_error(
+        result,
+        f"{data}: all 3 training records are longer than --max-length 32 ({length} tokens",
+        f"raise --max-length to {length} or shorten the records",
+    )
+    assert {p.name for p in out.iterdir()} <= {"train_config.json", ".selfinstruct.lock"}
+
+    cfg = TrainConfig(data=data, output_dir=out, base_model=str(tiny_model), max_length=length, max_steps=1)
+    assert train(cfg, progress=False)["steps"] == 1
+
+
+def test_some_records_longer_than_max_length_are_cut_or_left_out(tiny_model, tmp_path, caplog):
+    from selfinstruct.train.trainer import check_lengths
+
+    long_response = {"instruction": "Describe the mill.", "output": LONG_PROMPT * 3}
+    records = RECORDS + [{"instruction": LONG_PROMPT * 3, "output": "Short."}, long_response]
+    data = write_jsonl(tmp_path / "mixed.jsonl", records)
+    trainer, tokenizer = tiny_trainer(data, tiny_model, tmp_path / "out")
+    cfg = TrainConfig(data=data, output_dir=tmp_path / "out", max_length=TINY_MAX_POSITIONS)
+    rows = [format_example(messages, chat=True) for messages in load_conversations(data)]
+    with caplog.at_level(logging.WARNING, logger="selfinstruct.train.trainer"):
+        check_lengths(cfg, tokenizer, [(rows, trainer.train_dataset), ([], None)])
+    assert f"1 of {len(records)} training records left out" in caplog.text
+    lengths = sorted(len(row["input_ids"]) for row in trainer.train_dataset)
+    assert len(lengths) == len(records) - 1 and lengths[-1] == TINY_MAX_POSITIONS  # the long response is cut
+
+
+def test_packed_rows_are_not_taken_for_records_left_out(tiny_model, tmp_path, caplog):
+    from selfinstruct.train.trainer import check_lengths
+
+    data = write_jsonl(tmp_path / "d.jsonl", RECORDS * 2)
+    trainer, tokenizer = tiny_trainer(data, tiny_model, tmp_path / "out", packing=True)
+    assert len(trainer.train_dataset) < len(RECORDS) * 2  # several records per row
+    cfg = TrainConfig(data=data, output_dir=tmp_path / "out", max_length=TINY_MAX_POSITIONS, packing=True)
+    rows = [format_example(messages, chat=True) for messages in load_conversations(data)]
+    with caplog.at_level(logging.WARNING, logger="selfinstruct.train.trainer"):
+        check_lengths(cfg, tokenizer, [(rows, trainer.train_dataset), ([], None)])
+    assert "left out" not in caplog.text
 
 
 # ---- user errors: one line, exit code 2 --------------------------------------------------------------

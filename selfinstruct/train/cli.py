@@ -5,7 +5,8 @@
     python -m selfinstruct train --output-dir outputs/sft-X --resume
 
 Every flag is also a key of the --config TOML file (flags override it). --resume starts from the
-settings saved in the output directory (train_config.json).
+settings saved in the output directory (train_config.json); where the job there stopped before its
+first checkpoint, it starts afresh with them.
 """
 
 from __future__ import annotations
@@ -73,7 +74,11 @@ def add_train_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--rope-scaling", choices=["linear"], default=S, help="Linear position interpolation.")
     p.add_argument("--rope-factor", type=float, default=S, help="Context extension factor, e.g. 2.")
     p.add_argument("--merge", action=argparse.BooleanOptionalAction, default=S, help="Also write merged/.")
-    p.add_argument("--resume", action="store_true", help="Continue from the last checkpoint in --output-dir.")
+    p.add_argument(
+        "--resume",
+        action="store_true",
+        help="Continue from the last checkpoint in --output-dir (afresh if none was saved).",
+    )
     p.add_argument("--no-progress", action="store_true", help="Hide the progress bar.")
     p.set_defaults(func=cmd_train)
     return p
@@ -90,7 +95,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     defaults = json.loads(saved.read_text()) if args.resume and saved.is_file() else None
     cfg = load_train_config(args.config, overrides, defaults)
     changed = [k for k in SCHEDULE_FIELDS if defaults and k in defaults and defaults[k] != getattr(cfg, k)]
-    if changed:
+    if changed and any(saved.parent.glob("checkpoint-*/trainer_state.json")):
         log.warning(
             "resuming with changed %s: the checkpoint's learning-rate schedule continues as it was planned",
             ", ".join(changed),

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import importlib.util
+import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -11,7 +14,16 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from selfinstruct.config import read_toml
 from selfinstruct.errors import UserError
+from selfinstruct.locking import LOCK_NAME, exclusive
 from selfinstruct.train.data import Message, load_conversations
+
+log = logging.getLogger(__name__)
+
+LOG_NAME = "train_log.jsonl"
+CONFIG_NAME = "train_config.json"
+# What a job leaves in its output directory before its first checkpoint: files, and the Trainer's folders.
+UNSAVED_FILES = {CONFIG_NAME, LOG_NAME, LOCK_NAME}
+UNSAVED_DIRS = {"runs"}
 
 Schedule = Literal[
     "linear", "cosine", "cosine_with_restarts", "polynomial", "constant", "constant_with_warmup"
@@ -129,21 +141,27 @@ def _describe(exc: ValidationError, path: Path | None, overrides: dict[str, Any]
 
 @dataclass
 class Inputs:
-    """What check_inputs found: the records, the base model to load, the checkpoint to resume."""
+    """What check_inputs found: the records and the base model to load."""
 
     conversations: list[list[Message]]
     base_model: str
-    checkpoint: str | None
 
 
 def check_inputs(cfg: TrainConfig, resume: bool) -> Inputs:
-    """Every input a user can get wrong, checked before anything slow is imported or loaded."""
+    """Every input a user can get wrong, checked before anything slow is imported or loaded.
+
+    The output directory is checked here too, so a used one fails fast; `claim_output_dir` checks it
+    again under the lock for the job.
+    """
     conversations = load_conversations(cfg.data)
     base = resolve_base_model(cfg.base_model)
-    checkpoint = check_output_dir(cfg.output_dir, resume)
+    check_output_dir(cfg.output_dir, resume)
+    if (cfg.output_dir / LOCK_NAME).is_file():
+        with exclusive(cfg.output_dir, "train"):  # one that another job holds fails fast too
+            pass
     if cfg.method == "qlora":
         check_qlora()
-    return Inputs(conversations, base, checkpoint)
+    return Inputs(conversations, base)
 
 
 def resolve_base_model(name: str | None) -> str:
@@ -164,17 +182,57 @@ def resolve_base_model(name: str | None) -> str:
 
 
 def check_output_dir(out: Path, resume: bool) -> str | None:
-    """Refuse to mix two jobs in one folder; with resume, return the last checkpoint in it."""
+    """Refuse to mix two jobs in one folder; with resume, return the last checkpoint in it (or None).
+
+    A folder holding only what a job leaves before its first checkpoint (its settings, log, lock and
+    the Trainer's runs/) is a job that never saved anything: it starts afresh, with or without --resume.
+    """
+    if out.exists() and not out.is_dir():
+        raise UserError(f"{out}: output directory is a file — pick a new --output-dir")
     if resume:
         checkpoints = sorted(
             (p for p in out.glob("checkpoint-*") if (p / "trainer_state.json").is_file()), key=checkpoint_step
         )
-        if not checkpoints:
+        if checkpoints:
+            return str(checkpoints[-1])
+        if not out.is_dir() or not holds_unsaved_job(out):
             raise UserError(f"{out}: no checkpoint to resume from — run without --resume to start afresh")
-        return str(checkpoints[-1])
-    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+    elif out.is_dir() and not holds_unsaved_job(out):
         raise UserError(f"{out}: output directory is not empty — pick a new --output-dir, or --resume it")
     return None
+
+
+def holds_unsaved_job(out: Path) -> bool:
+    """True when the folder is empty or holds only what a job leaves before its first checkpoint."""
+    return all(
+        (p.name in UNSAVED_FILES and p.is_file()) or (p.name in UNSAVED_DIRS and p.is_dir())
+        for p in out.iterdir()
+    )
+
+
+@contextmanager
+def claim_output_dir(out: Path, resume: bool) -> Iterator[str | None]:
+    """Create and lock the output directory for the job; yield the checkpoint to resume, or None.
+
+    A job that starts afresh where an earlier one saved nothing drops that job's log first, so the
+    two logs are not mixed (its settings file is rewritten by the new job).
+    """
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UserError(
+            f"{out}: cannot create the output directory ({exc.strerror}) — pick a new --output-dir"
+        ) from None
+    with exclusive(out, "train"):
+        checkpoint = check_output_dir(out, resume)
+        if checkpoint is None:
+            stale = (out / LOG_NAME).is_file() or (out / CONFIG_NAME).is_file()
+            if resume:
+                log.warning("%s: no checkpoint was saved there yet — starting afresh", out)
+            elif stale:
+                log.info("%s: the job there saved no checkpoint — starting afresh", out)
+            (out / LOG_NAME).unlink(missing_ok=True)
+        yield checkpoint
 
 
 def checkpoint_step(checkpoint: str | Path) -> int:

@@ -33,22 +33,34 @@ from transformers import (
 from trl import SFTConfig, SFTTrainer
 
 from selfinstruct.errors import UserError
-from selfinstruct.train.config import Inputs, TrainConfig, check_inputs, checkpoint_step
+from selfinstruct.train.config import (
+    CONFIG_NAME,
+    LOG_NAME,
+    Inputs,
+    TrainConfig,
+    check_inputs,
+    checkpoint_step,
+    claim_output_dir,
+)
 from selfinstruct.train.data import format_example, split_records
 
 log = logging.getLogger(__name__)
 
-LOG_NAME = "train_log.jsonl"
 PLOT_NAME = "loss_curve.png"
-CONFIG_NAME = "train_config.json"
 MERGED_DIR = "merged"
 
 
 def train(
     cfg: TrainConfig, resume: bool = False, progress: bool = True, inputs: Inputs | None = None
 ) -> dict[str, Any]:
-    """Run one training job; returns a summary (steps, seconds, tokens/s, paths)."""
+    """Run one training job, holding the output directory's lock throughout; returns a summary."""
     inputs = inputs or check_inputs(cfg, resume)
+    with claim_output_dir(cfg.output_dir, resume) as checkpoint:
+        return _train(cfg, inputs, checkpoint, progress)
+
+
+def _train(cfg: TrainConfig, inputs: Inputs, checkpoint: str | None, progress: bool) -> dict[str, Any]:
+    """Load, train, save, plot, merge; returns a summary (steps, seconds, tokens/s, paths)."""
     device = "cuda" if torch.cuda.is_available() else "cpu"
     tokenizer = load_tokenizer(inputs.base_model)
     chat = cfg.template == "auto" and bool(tokenizer.chat_template)
@@ -63,16 +75,16 @@ def train(
         inputs.base_model,
         device,
     )
-    cfg.output_dir.mkdir(parents=True, exist_ok=True)
     resolved = cfg.model_copy(update={"base_model": inputs.base_model})
     (cfg.output_dir / CONFIG_NAME).write_text(json.dumps(resolved.model_dump(mode="json"), indent=2) + "\n")
     trainer = build_trainer(cfg, model, tokenizer, train_rows, eval_rows, device, progress)
+    check_lengths(cfg, tokenizer, ((train_rows, trainer.train_dataset), (eval_rows, trainer.eval_dataset)))
     log_path = cfg.output_dir / LOG_NAME
-    if inputs.checkpoint:
-        trim_log(log_path, checkpoint_step(inputs.checkpoint))
-        log.info("resuming from %s", inputs.checkpoint)
+    if checkpoint:
+        trim_log(log_path, checkpoint_step(checkpoint))
+        log.info("resuming from %s", checkpoint)
     started = time.perf_counter()
-    trainer.train(resume_from_checkpoint=inputs.checkpoint)
+    trainer.train(resume_from_checkpoint=checkpoint)
     seconds = time.perf_counter() - started  # the Trainer evaluates and checkpoints the last step itself
     trainer.save_model(str(cfg.output_dir))  # the adapter (safetensors) and the tokenizer
     plot_loss(log_path, cfg.output_dir / PLOT_NAME)
@@ -213,6 +225,43 @@ def build_trainer(cfg, model, tokenizer, train_rows, eval_rows, device: str, pro
         _schedule_adalora(trainer.model, planned_steps(trainer))
         trainer.add_callback(AdaLoraCallback())
     return trainer
+
+
+def check_lengths(cfg: TrainConfig, tokenizer, splits) -> None:
+    """Records trl left out for their length: some is a warning, all of a split a UserError.
+
+    Without packing, trl cuts records at max_length and drops those whose prompt alone fills it (no
+    response token left to learn from). Packing cuts and never drops, and its rows are not records.
+    """
+    if cfg.packing:
+        return
+    for (rows, prepared), which in zip(splits, ("training", "held-out"), strict=True):
+        if not rows or len(prepared) == len(rows):
+            continue
+        if len(prepared):
+            log.warning(
+                "%d of %d %s records left out: their prompt alone is longer than --max-length %d",
+                len(rows) - len(prepared),
+                len(rows),
+                which,
+                cfg.max_length,
+            )
+            continue
+        lengths = sorted(record_length(tokenizer, row) for row in rows)
+        span = f"{lengths[0]}" if lengths[0] == lengths[-1] else f"{lengths[0]} to {lengths[-1]}"
+        raise UserError(
+            f"{cfg.data}: all {len(rows)} {which} records are longer than --max-length {cfg.max_length} "
+            f"({span} tokens, the prompt alone filling it) — raise --max-length to {lengths[-1]} "
+            "or shorten the records"
+        )
+
+
+def record_length(tokenizer, row: dict[str, Any]) -> int:
+    """Tokens of one prompt/completion record as trl tokenizes it (chat template, or text plus EOS)."""
+    if isinstance(row["prompt"], list):
+        ids = tokenizer.apply_chat_template(row["prompt"] + row["completion"], tokenize=True)
+        return len(ids["input_ids"] if hasattr(ids, "keys") else ids)
+    return len(tokenizer(row["prompt"] + row["completion"] + tokenizer.eos_token)["input_ids"])
 
 
 def planned_steps(trainer) -> int:
