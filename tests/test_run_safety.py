@@ -307,3 +307,39 @@ def test_signals_while_the_run_starts_uses_and_stops_its_server(tmp_path: Path):
     assert group is not None and wait_for(lambda: not _group_alive(group), 10)
     report.append("start-up SIGTERM twice -> 143")
     print(f"\nsignal test (embedded server): {'; '.join(report)}; tracebacks: 0, servers left: 0")
+
+
+@pytest.fixture
+def small_disk(tmp_path: Path):
+    """A 96 KiB tmpfs (needs root, as in CI); `resize(size)` frees space as a user would."""
+    mnt = tmp_path / "disk"
+    mnt.mkdir()
+    mount = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=96k", "tmpfs", str(mnt)], capture_output=True)
+    if mount.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {mount.stderr.decode().strip()}")
+
+    def resize(size: str) -> None:
+        subprocess.run(["mount", "-o", f"remount,size={size}", str(mnt)], check=True)
+
+    yield mnt, resize
+    subprocess.run(["umount", "-l", str(mnt)], check=False)
+
+
+def test_a_disk_that_fills_up_mid_run_is_one_line_and_resumes_after_space_is_freed(fast, small_disk):
+    mnt, resize = small_disk
+    out, target = mnt / "run", 120
+    full = subprocess.run(command(fast.url, out, target), capture_output=True, text=True, timeout=120)
+    assert full.returncode == 2, full.stderr[-2000:]
+    assert "Traceback" not in full.stderr
+    last = full.stderr.strip().splitlines()[-1]
+    assert last.startswith(f"error: {out}/") and "cannot write (No space left on device)" in last, last
+    before = lines_of(out)
+    assert before["responses"] and before["machine_instructions"]  # it filled up mid-run
+    json.loads((out / "config.json").read_text())
+    resize("16m")
+    final = subprocess.run(command(fast.url, out, target), capture_output=True, text=True, timeout=120)
+    assert final.returncode == 0, final.stderr[-2000:]
+    records = check_run_dir(out)
+    assert len(records["machine_instructions"]) == target
+    for name in FILES:
+        assert before[name] <= lines_of(out)[name], f"records lost from {name}"
