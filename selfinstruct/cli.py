@@ -220,4 +220,5 @@ def main(argv: list[str] | None = None) -> None:
         name = exc.name if isinstance(exc, interrupts.Interrupted) else "SIGINT"
         print(f"interrupted ({name}): records written so far are kept", file=sys.stderr)
         code = exc.exit_code if isinstance(exc, interrupts.Interrupted) else 130
+    interrupts.ignore()
     sys.exit(code)

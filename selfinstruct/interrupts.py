@@ -56,6 +56,13 @@ def install() -> None:
         signal.signal(sig, _on_signal)
 
 
+def ignore() -> None:
+    """The job is over and its exit code decided: a late signal (the interpreter may take a moment to
+    shut down, and restores default handlers as it does) changes nothing."""
+    for sig in SIGNALS:
+        signal.signal(sig, signal.SIG_IGN)
+
+
 def received() -> int | None:
     return _received
 
