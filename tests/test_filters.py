@@ -118,3 +118,20 @@ def test_near_duplicate_records_across_tasks():
     assert dedup.is_duplicate("t1-0", "t1", text + ".", inp + "!")  # another task, same tokens
     assert not dedup.is_duplicate("t1-1", "t1", "Summarize the report in one line", "Sales rose 4%.")
     assert not dedup.is_duplicate("t2-0", "t2", "", "")  # nothing to compare
+
+
+@pytest.mark.parametrize(
+    "output",
+    ["<无>", " <无> ", "无", "<none>", "<NoInput>", "<no input>", "<none>\n<无>", "<noinput> <none>"],
+)
+def test_an_output_of_no_input_markers_is_empty(output):
+    kept, drops = apply_instance_rules([Instance(input="", output=output)], max_instances=5)
+    assert kept == [] and drops == {"empty_output": 1}
+
+
+@pytest.mark.parametrize(
+    "output", ["无法确定", "Nothing", "none of them", "<none> is the placeholder", "<无>北京"]
+)
+def test_an_output_with_more_than_markers_is_kept(output):
+    kept, drops = apply_instance_rules([Instance(input="q", output=output)], max_instances=5)
+    assert kept == [Instance(input="q", output=output)] and drops == {}
