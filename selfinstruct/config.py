@@ -10,6 +10,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from selfinstruct import tasks
 from selfinstruct.errors import UserError
 from selfinstruct.filters.tokenizers import default_tokenizer, detect_language
+from selfinstruct.fingerprints import input_hashes
 from selfinstruct.resources import resource_path
 
 
@@ -173,5 +174,6 @@ def _describe(exc: ValidationError, path: Path | None, overrides: dict, flag_nam
 
 
 def public_dict(config: RunConfig) -> dict[str, Any]:
-    """The resolved settings as saved in config.json (secrets are never part of RunConfig)."""
-    return config.model_dump(mode="json")
+    """The resolved settings as saved in config.json (secrets are never part of RunConfig), with
+    the content hashes of the seed and filter files under "inputs"."""
+    return config.model_dump(mode="json") | {"inputs": input_hashes(config.seeds, config.filters)}

@@ -8,6 +8,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from pydantic import ValidationError
+
 from selfinstruct.config import RunConfig, load_config, public_dict
 from selfinstruct.errors import EndpointError, UserError
 from selfinstruct.filters import HeuristicFilter
@@ -60,12 +62,7 @@ def run(
         with open_endpoint(config.backend, run_dir / "vllm_server.log", config.seed) as endpoint:
             stats = run_async(_generate(config, endpoint, seeds, heuristics, run_dir, progress))
 
-    print(
-        f"accepted {stats.accepted}/{stats.target} instructions "
-        f"({stats.accepted}/{stats.candidates} candidates kept), "
-        f"{stats.instances_kept} records in {run_dir / 'dataset.jsonl'}; "
-        f"{stats.elapsed:.0f} s, {stats.tokens_per_second:.1f} tokens/s"
-    )
+    print(summary_line(stats, run_dir / "dataset.jsonl"))
     if stats.accepted < stats.target:
         print(
             f"stopped early: the request budget ({config.request_budget}) was spent "
@@ -93,7 +90,8 @@ def _leftover(p: Path) -> bool:
 
 
 def prepare_run_dir(path: Path, config: RunConfig, allow_changed_settings: bool) -> bool:
-    """Check that a run directory is new, or holds a run with these settings (returns True then).
+    """Check that a run directory is new, or holds a run with these settings and these seed and
+    filter files (by content: a moved file with the same content may resume); True when resuming.
 
     A directory with other content is never touched.
     """
@@ -101,13 +99,27 @@ def prepare_run_dir(path: Path, config: RunConfig, allow_changed_settings: bool)
     if any(not _leftover(p) for p in path.iterdir()):
         if not saved_path.is_file():
             raise UserError(f"{path}: output directory is not empty — choose another --output-dir")
-        try:
-            saved = json.loads(saved_path.read_text(encoding="utf-8"))
-        except json.JSONDecodeError:
-            raise UserError(f"{saved_path}: not valid JSON — this directory cannot be resumed") from None
+        saved = _read_saved_config(saved_path)
         if config.backend.model is None:  # the served model a run found is saved under its name
             config.backend.model = saved.get("backend", {}).get("model")
-        changed = [k for k in _differences(saved, public_dict(config)) if k not in RESUMABLE_CHANGES]
+        current = public_dict(config)
+        saved_inputs, inputs = saved.pop("inputs", None), current.pop("inputs")
+        edited = []
+        if saved_inputs is not None:  # a run directory written before the hashes has none
+            for key, what, setting in (("seeds_sha256", "seeds file", "seeds"),
+                                       ("filters_sha256", "filter rules", "filters")):  # fmt: skip
+                if saved_inputs.get(key) != inputs[key]:
+                    edited.append(
+                        f"{what} content changed since this run started ({getattr(config, setting)})"
+                    )
+                elif saved.get(setting) != current[setting]:
+                    saved[setting] = current[setting]  # moved or renamed, same content
+        changed = [k for k in _differences(saved, current) if k not in RESUMABLE_CHANGES]
+        if edited and not allow_changed_settings:
+            raise UserError(
+                f"{path}: {'; '.join(edited)} — put the original back, choose another --output-dir, "
+                "or pass --allow-changed-settings"
+            )
         if changed and not allow_changed_settings:
             raise UserError(
                 f"{path}: holds a run with other settings ({', '.join(changed)}) — resume it with the same "
@@ -115,6 +127,52 @@ def prepare_run_dir(path: Path, config: RunConfig, allow_changed_settings: bool)
             )
         return True
     return False
+
+
+def _read_saved_config(path: Path) -> dict[str, Any]:
+    """The settings a run saved, checked as RunConfig checks them: a hand edit that breaks them is a
+    UserError naming config.json. Settings this version does not know are left to the comparison."""
+    fix = "restore the file or choose another --output-dir"
+    try:
+        saved = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        raise UserError(f"{path}: not valid JSON — this directory cannot be resumed; {fix}") from None
+    if not isinstance(saved, dict):
+        raise UserError(f"{path}: not a JSON object of settings — this directory cannot be resumed; {fix}")
+    inputs = saved.get("inputs")
+    if "inputs" in saved and not (
+        isinstance(inputs, dict) and all(isinstance(v, str) for v in inputs.values())
+    ):
+        raise UserError(f"{path}: inputs: expected an object of sha256 strings (got {inputs!r}) — {fix}")
+    try:
+        RunConfig.model_validate({k: v for k, v in saved.items() if k != "inputs"})
+    except ValidationError as exc:
+        errors = [e for e in exc.errors() if e["type"] != "extra_forbidden"]
+        if errors:
+            where = ".".join(str(p) for p in errors[0]["loc"])
+            raise UserError(
+                f"{path}: {where}: {errors[0]['msg']} (got {errors[0].get('input')!r}) — {fix}"
+            ) from None
+    return saved
+
+
+def summary_line(stats: RunStats, dataset: Path) -> str:
+    """The line a run ends with. A resume with a lower -n than earlier runs reached says so rather
+    than print more accepted than the target."""
+    if stats.accepted > stats.target:
+        accepted = (
+            f"target {stats.target} reached: {stats.accepted} instructions accepted "
+            f"(earlier runs went past it; {stats.accepted}/{stats.candidates} candidates kept)"
+        )
+    else:
+        accepted = (
+            f"accepted {stats.accepted}/{stats.target} instructions "
+            f"({stats.accepted}/{stats.candidates} candidates kept)"
+        )
+    return (
+        f"{accepted}, {stats.instances_kept} records in {dataset}; "
+        f"{stats.elapsed:.0f} s, {stats.tokens_per_second:.1f} tokens/s"
+    )
 
 
 def _differences(a: Any, b: Any, prefix: str = "") -> list[str]:

@@ -3,12 +3,41 @@
 from __future__ import annotations
 
 import json
+import logging
 import time
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from pydantic import BaseModel, NonNegativeFloat, NonNegativeInt, ValidationError
+
 from selfinstruct.prompts import parse_classification
+
+log = logging.getLogger(__name__)
+
+
+class _Carried(BaseModel):
+    """What a resume carries over from stats.json: everything else is rebuilt from the run files."""
+
+    retries: dict[str, NonNegativeInt] = {}
+    wall_seconds: NonNegativeFloat = 0.0
+    resumes: NonNegativeInt = 0
+
+
+def _read_carried(path: Path) -> _Carried:
+    """stats.json's retries, wall time and resume count; zero, with a warning, when a hand edit
+    broke the file: they are counts to report, nothing the data depends on."""
+    try:
+        carried = _Carried.model_validate(json.loads(path.read_text(encoding="utf-8")))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        why = "not valid JSON" if isinstance(exc, ValueError) else exc.strerror
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        why = ": ".join([".".join(str(p) for p in err["loc"]), err["msg"]] if err["loc"] else [err["msg"]])
+    else:
+        return carried
+    log.warning("%s: %s — retries, wall time and the resume count start again from zero", path, why)
+    return _Carried()
 
 
 @dataclass
@@ -50,10 +79,10 @@ class RunStats:
             s.prompt_tokens += r["prompt_tokens"]
             s.completion_tokens += r["completion_tokens"]
         if path.exists() and responses:
-            old = json.loads(path.read_text(encoding="utf-8"))
-            s.retries = Counter(old.get("retries", {}))
-            s.prior_seconds = old.get("wall_seconds", 0.0)
-            s.resumes = old.get("resumes", 0) + 1
+            old = _read_carried(path)
+            s.retries = Counter(old.retries)
+            s.prior_seconds = old.wall_seconds
+            s.resumes = old.resumes + 1
         return s
 
     def count_response(self, stage: str, completion) -> None:

@@ -1,10 +1,15 @@
 """User errors: one line naming the file or flag, exit code 2, nothing overwritten."""
 
+import hashlib
+import json
+import shutil
 import subprocess
 from pathlib import Path
 
 import pytest
 from clirun import selfinstruct
+
+from selfinstruct.resources import resource_path
 
 
 def assert_user_error(result: subprocess.CompletedProcess, *fragments: str) -> None:
@@ -141,3 +146,103 @@ def test_inputs_that_are_folders_deep_or_not_text(tmp_path: Path, args, fragment
     (tmp_path / "deep.json").write_text("[" * 100_000)
     (tmp_path / "backend-string.toml").write_text('backend = "openai"\n')
     assert_user_error(selfinstruct(*[a.format(tmp=tmp_path) for a in args]), *fragments)
+
+
+def start_run(tmp_path: Path, *extra: str) -> subprocess.CompletedProcess:
+    """A run against a closed port: every input is checked and the run directory (config.json) made
+    before the endpoint fails, which ends it with a one-line error, resumable."""
+    seeds = tmp_path / "seeds.jsonl"
+    if not (tmp_path / "filters").exists():  # the first start: the inputs, as files of the user's
+        shutil.copy(resource_path("seeds/en.jsonl"), seeds)
+        shutil.copytree(resource_path("filters"), tmp_path / "filters")
+    return selfinstruct(
+        "run", "--seeds", str(seeds), "--filters", str(tmp_path / "filters/default.toml"), "-o",
+        str(tmp_path / "run"), "--backend", "openai", "--base-url", "http://127.0.0.1:9/v1",
+        "--max-attempts", "1", "--no-progress", *extra,
+    )  # fmt: skip
+
+
+ANOTHER_SEED = (
+    '{"id": "colour", "instruction": "Name a colour.", "instances": [{"input": "", "output": "Red."}]}\n'
+)
+
+
+def saved_config(tmp_path: Path) -> dict:
+    return json.loads((tmp_path / "run" / "config.json").read_text())
+
+
+def test_config_json_keeps_the_content_hashes_of_the_inputs(tmp_path: Path):
+    assert_user_error(start_run(tmp_path), "unreachable")
+    seeds = (tmp_path / "seeds.jsonl").read_bytes()
+    rules = [(tmp_path / "filters" / name).read_bytes() for name in ("default.toml", "keywords/en.txt",
+                                                                     "keywords/zh.txt")]  # fmt: skip
+    assert saved_config(tmp_path)["inputs"] == {
+        "seeds_sha256": hashlib.sha256(b"%d:%s" % (len(seeds), seeds)).hexdigest(),
+        "filters_sha256": hashlib.sha256(b"".join(b"%d:%s" % (len(r), r) for r in rules)).hexdigest(),
+    }
+
+
+def test_resume_refuses_an_edited_seed_file(tmp_path: Path):
+    assert_user_error(start_run(tmp_path), "unreachable")
+    saved = (tmp_path / "run" / "config.json").read_text()
+    with open(tmp_path / "seeds.jsonl", "a") as f:
+        f.write(ANOTHER_SEED)
+    assert_user_error(
+        start_run(tmp_path),
+        f"seeds file content changed since this run started ({tmp_path / 'seeds.jsonl'})",
+        "--allow-changed-settings",
+    )
+    assert (tmp_path / "run" / "config.json").read_text() == saved
+    assert_user_error(start_run(tmp_path, "--allow-changed-settings"), "unreachable")
+    assert saved_config(tmp_path)["inputs"] != json.loads(saved)["inputs"]  # the new content's hash
+    assert_user_error(start_run(tmp_path), "unreachable")  # which a resume now compares against
+
+
+def test_resume_refuses_edited_filter_rules_or_keyword_files(tmp_path: Path):
+    assert_user_error(start_run(tmp_path), "unreachable")
+    with open(tmp_path / "filters/keywords/en.txt", "a") as f:
+        f.write("colour\n")
+    assert_user_error(
+        start_run(tmp_path),
+        f"filter rules content changed since this run started ({tmp_path / 'filters/default.toml'})",
+    )
+
+
+def test_a_moved_seed_file_with_the_same_content_resumes(tmp_path: Path):
+    assert_user_error(start_run(tmp_path), "unreachable")
+    (tmp_path / "moved").mkdir()
+    (tmp_path / "seeds.jsonl").rename(tmp_path / "moved/seeds.jsonl")
+    result = start_run(tmp_path, "--seeds", str(tmp_path / "moved/seeds.jsonl"))
+    assert_user_error(result, "unreachable")  # past the settings check
+    assert saved_config(tmp_path)["seeds"] == str(tmp_path / "moved/seeds.jsonl")
+
+
+def test_a_run_directory_saved_without_input_hashes_resumes_as_before(tmp_path: Path):
+    assert_user_error(start_run(tmp_path), "unreachable")
+    config = saved_config(tmp_path)
+    del config["inputs"]
+    (tmp_path / "run" / "config.json").write_text(json.dumps(config))
+    with open(tmp_path / "seeds.jsonl", "a") as f:
+        f.write(ANOTHER_SEED)
+    assert_user_error(start_run(tmp_path), "unreachable")  # no hashes to compare: paths only
+    (tmp_path / "run" / "config.json").write_text(json.dumps(config))
+    (tmp_path / "seeds.jsonl").rename(tmp_path / "other.jsonl")
+    assert_user_error(start_run(tmp_path, "--seeds", str(tmp_path / "other.jsonl")), "other settings (seeds)")
+
+
+@pytest.mark.parametrize(
+    "content, fragments",
+    [
+        ("[1, 2]", ["config.json: not a JSON object of settings"]),
+        ('{"backend": "x"}', ["config.json: backend: Input should be a valid dictionary", "(got 'x')"]),
+        ('{"num_instructions": "many"}', ["config.json: num_instructions: Input should be a valid integer"]),
+        ('{"backend": {"model": 3}}', ["config.json: backend.model: Input should be a valid string"]),
+        ('{"inputs": ["abc"]}', ["config.json: inputs: expected an object of sha256 strings"]),
+        ("{not json", ["config.json: not valid JSON"]),
+    ],
+)
+def test_a_hand_edited_config_json_is_a_one_line_error(tmp_path: Path, content, fragments):
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "config.json").write_text(content)
+    assert_user_error(start_run(tmp_path), *fragments, "restore the file or choose another --output-dir")
+    assert (tmp_path / "run" / "config.json").read_text() == content

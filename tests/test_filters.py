@@ -190,3 +190,20 @@ def test_keywords_with_punctuation_match_as_whole_keywords(tmp_path: Path, text,
         rules(tmp_path, '[keywords]\nwords = ["c++", ".net", "node.js", "image"]\n')
     )
     assert kw.check(text).reason == reason
+
+
+@pytest.mark.parametrize(
+    "output",
+    ["<无>", " <无> ", "无", "<none>", "<NoInput>", "<no input>", "<none>\n<无>", "<noinput> <none>"],
+)
+def test_an_output_of_no_input_markers_is_empty(output):
+    kept, drops = apply_instance_rules([Instance(input="", output=output)], max_instances=5)
+    assert kept == [] and drops == {"empty_output": 1}
+
+
+@pytest.mark.parametrize(
+    "output", ["无法确定", "Nothing", "none of them", "<none> is the placeholder", "<无>北京"]
+)
+def test_an_output_with_more_than_markers_is_kept(output):
+    kept, drops = apply_instance_rules([Instance(input="q", output=output)], max_instances=5)
+    assert kept == [Instance(input="q", output=output)] and drops == {}

@@ -2,7 +2,10 @@
 
 import asyncio
 import json
+import logging
 import random
+import re
+import time
 from pathlib import Path
 
 import pytest
@@ -12,6 +15,8 @@ from selfinstruct.filters import HeuristicFilter
 from selfinstruct.generation.client import Completion
 from selfinstruct.pipeline import Pipeline, sample_demos
 from selfinstruct.resources import resource_path
+from selfinstruct.runner import summary_line
+from selfinstruct.stats import RunStats
 from selfinstruct.tasks import SeedTask, read_jsonl
 
 SEEDS = [SeedTask(id=f"s{i}", instruction=f"Seed task number {w} about topic {w}.") for i, w in
@@ -205,3 +210,67 @@ def test_a_larger_target_extends_a_finished_run(tmp_path: Path):
     assert_consistent(tmp_path, 8)
     annotated = [p.rsplit("Task:", 1)[1] for p in llm.prompts if "Task:" in p]
     assert len(annotated) == 2 * 3 and not any(novel(0) in p for p in annotated)  # old tasks not redone
+
+
+def test_a_lower_target_on_resume_says_the_target_was_reached(tmp_path: Path):
+    replies = [f" {novel(i)}\n10. {novel(i + 1)}" for i in range(0, 12, 2)]
+    run(tmp_path, FakeLLM(replies), concurrency=1, num_instructions=8)
+    llm = FakeLLM([])
+    stats = run(tmp_path, llm, concurrency=1, num_instructions=5).stats
+    assert llm.prompts == []
+    line = summary_line(stats, tmp_path / "dataset.jsonl")
+    assert re.fullmatch(
+        rf"target 5 reached: 8 instructions accepted \(earlier runs went past it; 8/8 candidates kept\), "
+        rf"8 records in {re.escape(str(tmp_path / 'dataset.jsonl'))}; \d+ s, [\d.]+ tokens/s",
+        line,
+    ), line
+    assert len(read_jsonl(tmp_path / "dataset.jsonl")) == 8
+
+
+def test_the_summary_line_of_a_run_that_reached_its_target():
+    stats = RunStats(target=5, accepted=5, candidates=9, instances_kept=12, completion_tokens=300)
+    stats.prior_seconds, stats.started = 60.0, time.monotonic()
+    assert summary_line(stats, Path("run/dataset.jsonl")) == (
+        "accepted 5/5 instructions (5/9 candidates kept), 12 records in run/dataset.jsonl; 60 s, 5.0 tokens/s"
+    )
+
+
+@pytest.mark.parametrize(
+    "content",
+    ["{torn", "[1, 2]", '{"retries": {"http_503": "many"}}', '{"wall_seconds": -5}', '{"resumes": "x"}'],
+)
+def test_a_hand_edited_stats_json_resumes_with_zeroed_carried_counts(tmp_path: Path, caplog, content):
+    replies = [f" {novel(i)}\n10. {novel(i + 1)}" for i in range(0, 12, 2)]
+    run(tmp_path, FakeLLM(replies[:3]), concurrency=1)
+    (tmp_path / "stats.json").write_text(content)
+    with caplog.at_level(logging.WARNING):
+        run(tmp_path, FakeLLM(replies[3:]), concurrency=1, num_instructions=8)
+    assert_consistent(tmp_path, 8)
+    saved = json.loads((tmp_path / "stats.json").read_text())
+    assert (saved["resumes"], saved["retries"]) == (1, {})
+    assert saved["wall_seconds"] < 60  # this run's time only
+    assert [r.getMessage() for r in caplog.records if "stats.json" in r.getMessage()] == [
+        f"{tmp_path / 'stats.json'}: {WHY[content]} — retries, wall time and the resume count start again "
+        "from zero"
+    ]
+
+
+WHY = {
+    "{torn": "not valid JSON",
+    "[1, 2]": "Input should be a valid dictionary or instance of _Carried",
+    '{"retries": {"http_503": "many"}}': "retries.http_503: Input should be a valid integer, unable to parse "
+    "string as an integer",
+    '{"wall_seconds": -5}': "wall_seconds: Input should be greater than or equal to 0",
+    '{"resumes": "x"}': "resumes: Input should be a valid integer, unable to parse string as an integer",
+}
+
+
+def test_a_stats_json_from_an_earlier_run_carries_its_counts(tmp_path: Path):
+    replies = [f" {novel(i)}\n10. {novel(i + 1)}" for i in range(0, 12, 2)]
+    run(tmp_path, FakeLLM(replies[:3]), concurrency=1)
+    saved = json.loads((tmp_path / "stats.json").read_text())
+    saved |= {"retries": {"http_503": 2}, "wall_seconds": 1000.0, "resumes": 3}
+    (tmp_path / "stats.json").write_text(json.dumps(saved))
+    run(tmp_path, FakeLLM(replies[3:]), concurrency=1, num_instructions=8)
+    saved = json.loads((tmp_path / "stats.json").read_text())
+    assert (saved["resumes"], saved["retries"]) == (4, {"http_503": 2}) and saved["wall_seconds"] >= 1000

@@ -2,6 +2,8 @@
 
 import json
 import random
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -192,3 +194,48 @@ def test_most_similar_stays_exact_as_the_pool_grows():
             assert index.most_similar(text)[1] == best
         index.add(text)
         pool_tokens.append(rouge_tokens(text))
+
+
+def peak_memory_mb(*args: str) -> tuple[subprocess.CompletedProcess, float]:
+    """Run `python -m selfinstruct ARGS` from a fresh process that reports its child's peak RSS."""
+    probe = (
+        "import json, resource, subprocess, sys\n"
+        "r = subprocess.run(sys.argv[1:], capture_output=True, text=True)\n"
+        "peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss\n"
+        "print(json.dumps([r.returncode, r.stdout, r.stderr, peak]))"
+    )
+    cmd = [sys.executable, "-c", probe, sys.executable, "-m", "selfinstruct", *args]
+    code, stdout, stderr, kilobytes = json.loads(subprocess.run(cmd, capture_output=True, timeout=300).stdout)
+    return subprocess.CompletedProcess(args, code, stdout, stderr), kilobytes / 1024
+
+
+def test_a_record_of_one_repeated_word_keeps_dedup_memory_linear(tmp_path: Path):
+    """300 KB of one word used to cost 4.2 GB: the k-th repeat was a string of k+1 characters."""
+    records = [{"instruction": "word " * 60_000}] + [{"instruction": t} for t in NORMAL]
+    records.append({"instruction": "word " * 59_000 + "other"})  # a near-duplicate of the long one
+    path = tmp_path / "in.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in records))
+    result, peak = peak_memory_mb("dedup", str(path), "-o", str(tmp_path / "out.jsonl"), "--no-progress")
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert f"kept {len(NORMAL) + 1} of {len(NORMAL) + 2}" in result.stdout
+    assert peak < 500, f"peak memory {peak:.0f} MB"
+
+
+def test_a_1_mb_seed_instruction_keeps_seeds_check_bounded(tmp_path: Path):
+    seeds = [{"id": "long", "instruction": "word " * 200_000, "instances": [{"input": "", "output": "x"}]}]
+    seeds += [{"id": f"s{i}", "instruction": t, "instances": [{"input": "", "output": "x"}]} for i, t in
+              enumerate(NORMAL)]  # fmt: skip
+    path = tmp_path / "seeds.jsonl"
+    path.write_text("".join(json.dumps(s) + "\n" for s in seeds))
+    result, peak = peak_memory_mb("seeds", "check", str(path), "--json")
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert json.loads(result.stdout)["tasks"] == len(NORMAL) + 1
+    assert peak < 500, f"peak memory {peak:.0f} MB"
+
+
+NORMAL = [
+    "Explain why the sky looks blue on a clear afternoon.",
+    "List four vegetables that grow well in cold climates.",
+    "Write a word puzzle for children about farm animals.",
+    "Rewrite this word list as a short poem.",
+]

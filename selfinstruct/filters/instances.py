@@ -2,20 +2,36 @@
 
 from __future__ import annotations
 
+import re
 from collections import Counter, defaultdict
 
 from datasketch import MinHash, MinHashLSH
 
 from selfinstruct.filters.tokenizers import unicode_tokens
+from selfinstruct.prompts import NO_INPUT
 from selfinstruct.tasks import Instance
+
+# The bracketed no-input markers of every prompt language ('<none>', '<无>', ...), longest first.
+_MARKERS = re.compile(
+    "|".join(re.escape(m) for m in sorted(NO_INPUT, key=len, reverse=True) if m.startswith("<")),
+    re.IGNORECASE,
+)
+
+
+def is_empty_output(text: str) -> bool:
+    """True when nothing is left of an output but whitespace and no-input markers: '<无>',
+    '<none> <noinput>', or a bare marker such as '无'."""
+    rest = _MARKERS.sub("", text).strip()
+    return not rest or rest.lower() in NO_INPUT
 
 
 def apply_instance_rules(instances: list[Instance], max_instances: int) -> tuple[list[Instance], Counter]:
     """Keep the valid instances of one task; count the dropped ones by reason.
 
-    Drops: empty output, input equal to output, a field ending in ':' (generation stopped early),
-    exact duplicates, every instance of a non-empty input that appears with different outputs,
-    and instances past max_instances.
+    Drops: empty output (one of nothing but no-input markers, such as '<无>', counts as empty),
+    input equal to output, a field ending in ':' (generation stopped early), exact duplicates,
+    every instance of a non-empty input that appears with different outputs, and instances past
+    max_instances.
     """
     drops: Counter = Counter()
     kept: list[Instance] = []
@@ -23,7 +39,7 @@ def apply_instance_rules(instances: list[Instance], max_instances: int) -> tuple
     for inst in instances:
         inp, out = inst.input.strip(), inst.output.strip()
         reason = None
-        if not out:
+        if is_empty_output(out):
             reason = "empty_output"
         elif inp == out:
             reason = "input_equals_output"

@@ -12,8 +12,9 @@ this index makes the same decisions while computing the LCS for only a handful o
   two token lists.
 * Encoding: every token gets one character, and a token list becomes a string of them, which
   rapidfuzz's bit-parallel LCS reads directly. As a set, a token list is its (token, occurrence)
-  elements, the k-th repeat of a character written as that character k+1 times, so that set
-  overlap is multiset overlap.
+  elements, a first occurrence written as the character and the k-th repeat as the pair
+  (character, k), so that set overlap is multiset overlap and a token repeated n times costs n
+  elements, not n²/2 characters.
 * Prefix filtering (Bayardo et al., "Scaling up all pairs similarity search", WWW 2007): with
   every set sorted by one global order, two sets sharing at least o elements share one among
   the first |set| − o + 1 of each. A pool item is indexed under its prefix for the smallest
@@ -64,14 +65,25 @@ def rouge_f(lcs: int, m: int, n: int) -> float:
     return 2 * precision * recall / (precision + recall)
 
 
-def _elements(chars: list[str]) -> list[str]:
-    """Sorted characters as (token, occurrence) elements: a repeat becomes the character k+1 times."""
-    out, previous, k = [], "", 0
+Element = str | tuple[str, int]
+
+
+def _elements(chars: list[str]) -> list[Element]:
+    """Sorted characters as (token, occurrence) elements: the first occurrence of a token is its
+    character, the k-th repeat the pair (character, k); linear in the text however often a token
+    repeats."""
+    out: list[Element] = []
+    previous, k = "", 0
     for c in chars:
         k = k + 1 if c == previous else 0
-        out.append(c * (k + 1) if k else c)
+        out.append((c, k) if k else c)
         previous = c
     return out
+
+
+def _translate(e: Element, table: dict[int, str]) -> Element:
+    """An element under a new character table."""
+    return e.translate(table) if isinstance(e, str) else (e[0].translate(table), e[1])
 
 
 class RougeIndex:
@@ -87,8 +99,8 @@ class RougeIndex:
         self._chars: dict[str, str] = {}  # token -> its character
         self._df: Counter[str] = Counter()  # document frequency of each token
         self._next_char = _CODES  # new tokens count down from here until the next rebuild
-        self._prefix_postings: dict[str, list[int]] = defaultdict(list)
-        self._postings: dict[str, list[int]] | None = None  # every element; built by most_similar
+        self._prefix_postings: dict[Element, list[int]] = defaultdict(list)
+        self._postings: dict[Element, list[int]] | None = None  # every element; built by most_similar
         self._next_rebuild = _FIRST_REBUILD
         self._rows: dict[int, tuple[int, list[int], int]] = {}  # m -> (prefix length, need, least)
 
@@ -114,7 +126,7 @@ class RougeIndex:
         chars = self._chars
         return "".join([chars.get(tok, _UNKNOWN) for tok in tokens])
 
-    def _prefix(self, seq: str, keep: int) -> list[str]:
+    def _prefix(self, seq: str, keep: int) -> list[Element]:
         """The first `keep` elements of a token list in the global order."""
         first = sorted(seq)[:keep]
         return first if len(set(first)) == len(first) else _elements(first)
@@ -169,7 +181,7 @@ class RougeIndex:
         self._chars, self._next_char = chars, spare
         self._seqs = [seq.translate(table) for seq in self._seqs]
         if self._postings is not None:
-            self._postings = defaultdict(list, {e.translate(table): p for e, p in self._postings.items()})
+            self._postings = defaultdict(list, {_translate(e, table): p for e, p in self._postings.items()})
         self._prefix_postings = defaultdict(list)
         for item, seq in enumerate(self._seqs):
             if seq:
