@@ -165,7 +165,8 @@ def test_an_untrusted_certificate_is_one_line_and_not_retried(tmp_path: Path, se
     assert_user_error(
         result,
         f"error: https://127.0.0.1:{endpoint.port}/v1/: the server's TLS certificate is not trusted "
-        "(self-signed certificate) — set SSL_CERT_FILE to a CA bundle",
+        "(self-signed certificate) — set SSL_CERT_FILE to a CA bundle that trusts it, "
+        "or fix the server's certificate",
     )
     assert "attempts" not in result.stderr
 

@@ -290,8 +290,7 @@ def permanent_error(client: openai.AsyncOpenAI, exc: openai.APIError, api: str) 
             return EndpointError(f"{client.base_url}: {exc}")
         return EndpointError(
             f"{client.base_url}: the server's TLS certificate is not trusted ({cause.verify_message}) "
-            "— set SSL_CERT_FILE to a CA bundle that includes the certificate that signed it, "
-            "or give the server a certificate from a trusted CA"
+            "— set SSL_CERT_FILE to a CA bundle that trusts it, or fix the server's certificate"
         )
     line = f"{exc.request.url}: HTTP {exc.status_code}: {_message(exc)}"
     if exc.status_code == 404:
