@@ -2,9 +2,10 @@
 
 It answers every prompt kind of the pipeline with a valid, parseable text (a numbered list of
 instructions, "No" to the classification question, an input/output pair), so a run finishes on it.
-Scripted faults are answered first, one per generation request, in order: `null_text`, `no_message`,
-`no_choices_key`, `html`, `404`. `models` sets what GET /v1/models answers: "ok", "html" or "404".
-It serves plain HTTP, or HTTPS when given an ssl.SSLContext. `requests` records each request's path.
+Scripted faults are answered first, one per generation request, in order: `null_text`,
+`no_message`, `no_choices_key`, `html`, `404`, `404_model` (vLLM's 404 for a model it does not
+serve). `models` sets what GET /v1/models answers: "ok", "html" or "404". It serves plain HTTP, or
+HTTPS when given an ssl.SSLContext. `requests` records each request's path.
 """
 
 from __future__ import annotations
@@ -119,6 +120,9 @@ class FakeEndpoint:
             return web.Response(text=HTML, content_type="text/html")
         if fault == "404":
             raise web.HTTPNotFound()
+        if fault == "404_model":
+            message = f"The model `{body.get('model')}` does not exist."
+            return web.json_response({"error": {"message": message, "code": 404}}, status=404)
         prompt = body["messages"][-1]["content"] if chat else body["prompt"]
         text = None if fault == "null_text" else answer_text(prompt, len(self.requests))
         if chat:

@@ -114,6 +114,16 @@ def test_the_api_the_endpoint_lacks_says_which_to_use(tmp_path: Path, served, ap
     )
 
 
+def test_a_model_the_endpoint_does_not_serve_after_all_says_check_model(tmp_path: Path):
+    with FakeEndpoint(faults=["404_model"]) as endpoint:
+        result = run(endpoint.url, tmp_path / "run", "--concurrency", "1")
+    assert_user_error(
+        result,
+        f"error: http://127.0.0.1:{endpoint.port}/v1/completions: HTTP 404: "
+        "The model `fake-model` does not exist. — check --model",
+    )
+
+
 def test_every_base_url_is_checked_at_start(tmp_path: Path):
     with FakeEndpoint() as good, FakeEndpoint(models="404") as bad, FakeEndpoint(models="html") as junk:
         result = run(f"{good.url},{bad.url},{junk.url}", tmp_path / "run")

@@ -299,16 +299,17 @@ def permanent_error(client: openai.AsyncOpenAI, exc: openai.APIError, api: str) 
 
 
 def _not_found_hint(base_url: str, api: str, message: str) -> str:
-    parts = urlsplit(base_url)
-    if not parts.path.rstrip("/").endswith("/v1"):
-        return f"check --base-url: it usually ends in /v1 (e.g. {parts.scheme}://{parts.netloc}/v1)"
+    """What a 404 most likely means. Generation requests are only sent once /models answered, so
+    their base URL is right and the route or the model is what is missing."""
+    if api == "models":
+        parts = urlsplit(base_url)
+        if not parts.path.rstrip("/").endswith("/v1"):
+            return f"check --base-url: it usually ends in /v1 (e.g. {parts.scheme}://{parts.netloc}/v1)"
+        return "no OpenAI-compatible API answers at this URL — check --base-url"
     if "model" in message.lower():
         return "check --model"
-    if api == "chat":
-        return "this endpoint has no chat API — use --api completions"
-    if api == "completions":
-        return "this endpoint has no completions API — use --api chat"
-    return "no OpenAI-compatible API answers at this URL — check --base-url"
+    other = "completions" if api == "chat" else "chat"
+    return f"this endpoint has no {api} API — use --api {other}"
 
 
 def _message(exc: openai.APIStatusError) -> str:
