@@ -2,7 +2,9 @@
 
 Every response is appended to `responses.jsonl` in the run directory the moment it arrives, before
 anything is parsed or filtered, keyed by a hash of (model, prompt, sampling settings, stop, request
-index). A resumed run replays what it finds instead of sending the request again.
+index). A resumed run replays what it finds instead of sending the request again. A line that is
+not a valid response (the file was edited by hand) is skipped with a warning: that request is
+simply sent again.
 """
 
 from __future__ import annotations
@@ -10,6 +12,8 @@ from __future__ import annotations
 import hashlib
 import json
 from pathlib import Path
+
+from pydantic import BaseModel, ConfigDict, Field
 
 from selfinstruct.config import Sampling
 from selfinstruct.generation.client import Completion
@@ -21,9 +25,31 @@ def request_key(model: str, prompt: str, sampling: Sampling, stop: list[str] | N
     return hashlib.sha256(payload.encode()).hexdigest()[:32]
 
 
+class CachedResponse(BaseModel):
+    """One line of responses.jsonl."""
+
+    model_config = ConfigDict(extra="ignore", strict=True)
+
+    key: str
+    stage: str
+    index: str
+    text: str
+    finish_reason: str | None
+    prompt_tokens: int = Field(ge=0)
+    completion_tokens: int = Field(ge=0)
+
+
+def _checked(record: dict) -> dict:
+    """A cache record as the pipeline reads it, or ValueError when the line is not one."""
+    checked = CachedResponse.model_validate(record)
+    if checked.stage == "instructions" and not checked.index.isdigit():
+        raise ValueError(f"index: an instructions request is numbered (got {checked.index!r})")
+    return checked.model_dump()
+
+
 class ResponseCache:
     def __init__(self, path: Path):
-        self.records: list[dict] = recover_jsonl(path)
+        self.records: list[dict] = recover_jsonl(path, validate=_checked)
         self._by_key = {r["key"]: r for r in self.records}
         self._writer = JsonlWriter(path)
 
@@ -34,15 +60,17 @@ class ResponseCache:
         return Completion(r["text"], r["finish_reason"], r["prompt_tokens"], r["completion_tokens"])
 
     def put(self, key: str, stage: str, index: str, completion: Completion) -> None:
-        record = {
-            "key": key,
-            "stage": stage,
-            "index": index,
-            "text": completion.text,
-            "finish_reason": completion.finish_reason,
-            "prompt_tokens": completion.prompt_tokens,
-            "completion_tokens": completion.completion_tokens,
-        }
+        record = _checked(
+            {
+                "key": key,
+                "stage": stage,
+                "index": index,
+                "text": completion.text,
+                "finish_reason": completion.finish_reason,
+                "prompt_tokens": completion.prompt_tokens,
+                "completion_tokens": completion.completion_tokens,
+            }
+        )
         self.records.append(record)
         self._by_key[key] = record
         self._writer.write(record)

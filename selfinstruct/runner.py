@@ -183,6 +183,23 @@ def _differences(a: Any, b: Any, prefix: str = "") -> list[str]:
     return [] if a == b else [prefix.rstrip(".")]
 
 
+def served_model(served: dict[str, list[str]], model: str | None) -> str:
+    """The model to ask for: the one given, or else the first one the first endpoint lists; every
+    endpoint that lists its models must serve it."""
+    first_url, first = next(iter(served.items()))
+    if model is None:
+        if not first:
+            raise EndpointError(f"{first_url}: serves no model — pass --model")
+        model = first[0]
+    for url, models in served.items():
+        if models and model not in models:
+            raise EndpointError(
+                f"model {model!r} is not served by {url} (it serves: {', '.join(models)}) — check --model"
+                + ("" if len(served) == 1 else " and that every --base-url serves the same model")
+            )
+    return model
+
+
 async def _generate(
     config: RunConfig,
     endpoint: Endpoint,
@@ -201,16 +218,7 @@ async def _generate(
         max_attempts=backend.max_attempts,
     )
     try:
-        served = await client.list_models()
-        if endpoint.model is None:
-            if not served:
-                raise EndpointError(f"{endpoint.base_urls[0]}: serves no model — pass --model")
-            client.model = served[0]
-        elif served and endpoint.model not in served:
-            raise EndpointError(
-                f"model {endpoint.model!r} is not served by {endpoint.base_urls[0]} "
-                f"(it serves: {', '.join(served)}) — check --model"
-            )
+        client.model = served_model(await client.list_models(), endpoint.model)
         if backend.model != client.model:
             config.backend.model = client.model
             write_json_atomic(run_dir / "config.json", public_dict(config))

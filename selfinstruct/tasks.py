@@ -8,6 +8,7 @@ import logging
 import os
 import tempfile
 import tomllib
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -173,12 +174,14 @@ def read_jsonl(path: Path) -> list[dict[str, Any]]:
         return [json.loads(line) for line in f if line.strip()]
 
 
-def recover_jsonl(path: Path) -> list[dict[str, Any]]:
+def recover_jsonl(path: Path, validate: Callable[[dict[str, Any]], Any] | None = None) -> list[Any]:
     """Read an append-only JSONL file a killed run may have left, and cut off a torn last line.
 
     Records are written whole and flushed one at a time, so only the last line can be incomplete:
     it is dropped (the file is truncated to the last complete record). A bad line anywhere else
-    means the file was edited by hand, and is an error naming the line.
+    means the file was edited by hand, and is an error naming the line. With `validate` (which
+    returns the record to keep or raises ValueError), a line that is not a valid record is skipped
+    with a warning instead: for files whose records can be fetched again, like the response cache.
     """
     path = Path(path)
     if not path.exists():
@@ -199,11 +202,21 @@ def recover_jsonl(path: Path) -> list[dict[str, Any]]:
         except (json.JSONDecodeError, UnicodeDecodeError):
             record, complete = None, False
         if not complete or not isinstance(record, dict):
-            if data[end - 1 :].strip():  # more text after this line: not a torn tail
+            if not data[end - 1 :].strip():  # nothing after this line: a torn tail
+                break
+            if validate is None:
                 raise UserError(f"{path}:{lineno}: not a JSON record — fix or remove the line to resume")
-            break
-        records.append(record)
+            log.warning("%s:%d: skipping a line that is not a JSON record", path, lineno)
+            good_end = end
+            continue
         good_end = end
+        if validate is not None:
+            try:
+                record = validate(record)
+            except ValueError as exc:
+                log.warning("%s:%d: skipping an invalid record (%s)", path, lineno, _first_error(exc))
+                continue
+        records.append(record)
     if good_end < len(data):
         log.warning("%s: dropping an incomplete last line left by an interrupted run", path)
         try:
@@ -211,6 +224,13 @@ def recover_jsonl(path: Path) -> list[dict[str, Any]]:
         except OSError as exc:
             raise StorageError(path, exc) from None
     return records
+
+
+def _first_error(exc: ValueError) -> str:
+    if isinstance(exc, ValidationError):
+        err = exc.errors()[0]
+        return f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}"
+    return str(exc)
 
 
 def write_json_atomic(path: Path, data: Any) -> None:

@@ -2,7 +2,8 @@
 
 Generation requests (POST) are forwarded to the upstream server, except that a configurable share
 of them gets a fault instead: 429 with Retry-After, 500, 503, a dropped connection, a stall past the
-client's timeout, a truncated or an invalid JSON body, or a 200 answer with no choices. The rate and
+client's timeout, a truncated or an invalid JSON body, a 200 answer with no choices, an HTML page
+with status 200, or an answer whose text is null (a chat choice without its message). The rate and
 the kinds can be changed while it runs; `injected` counts what it did.
 """
 
@@ -16,7 +17,18 @@ from collections import Counter
 
 from aiohttp import ClientSession, ClientTimeout, web
 
-KINDS = ("429", "500", "503", "drop", "stall", "truncated", "invalid_json", "empty_choices")
+KINDS = (
+    "429",
+    "500",
+    "503",
+    "drop",
+    "stall",
+    "truncated",
+    "invalid_json",
+    "empty_choices",
+    "html",
+    "null_text",
+)
 
 
 class FaultProxy:
@@ -101,9 +113,19 @@ class FaultProxy:
             await asyncio.sleep(self.stall_seconds)
         if kind == "invalid_json":
             return web.Response(body=b'{"id": "cmpl-1", "choices": [', content_type="application/json")
+        if kind == "html":
+            return web.Response(text="<html><body>Service moved</body></html>", content_type="text/html")
         status, body, content_type = await self._forward(request, body)
         if kind == "truncated":
             body = body[: len(body) // 2]
         elif kind == "empty_choices" and status == 200:
             body = json.dumps(json.loads(body) | {"choices": []}).encode()
+        elif kind == "null_text" and status == 200:
+            answer = json.loads(body)
+            for choice in answer["choices"]:
+                if "message" in choice:
+                    del choice["message"]
+                else:
+                    choice["text"] = None
+            body = json.dumps(answer).encode()
         return web.Response(status=status, body=body, headers={"Content-Type": content_type})

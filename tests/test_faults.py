@@ -131,7 +131,8 @@ def test_a_run_completes_through_a_flaky_endpoint(vllm_server, tmp_path: Path, c
     # once it had reached its target.
     kinds = {"429": "rate_limited", "500": "http_500", "503": "http_503", "drop": "connection",
              "stall": "timeout", "truncated": "invalid_body", "invalid_json": "invalid_body",
-             "empty_choices": "empty_choices"}  # fmt: skip
+             "empty_choices": "empty_choices", "html": "invalid_body",
+             "null_text": "invalid_body"}  # fmt: skip
     expected = Counter()
     for fault, n in proxy.injected.items():
         expected[kinds[fault]] += n

@@ -1,19 +1,27 @@
 """One async client for every engine: the OpenAI-compatible completions or chat API.
 
 Transient failures (connection errors, timeouts, 429, 5xx) are retried with exponential backoff
-and jitter, up to a bounded number of attempts; each retry is counted by kind.
+and jitter, up to a bounded number of attempts; each retry is counted by kind. Every answer is
+validated here before it is returned: a 200 answer that is not an OpenAI-compatible completion (an
+HTML page, `"text": null`, a chat choice without a message) is retried like any invalid body, so
+only valid answers reach the response cache. Permanent failures (404, an untrusted TLS certificate)
+end at once with one line that names the URL and says what to do.
 """
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import json
 import logging
+import ssl
 from collections import Counter
 from dataclasses import dataclass
 from typing import Literal
+from urllib.parse import urlsplit
 
 import openai
+from pydantic import BaseModel, ValidationError
 from tenacity import (
     AsyncRetrying,
     RetryError,
@@ -44,16 +52,87 @@ class EmptyResponse(Exception):
     """A 200 answer without choices: the endpoint had a hiccup; asking again usually works."""
 
 
+class InvalidResponse(Exception):
+    """A 200 answer that is not an OpenAI-compatible completion (HTML, null text, no message)."""
+
+
+# The parts of an answer the pipeline uses, validated before anything reads them. Other fields are
+# ignored, so lax servers that leave out `id` or `created` still work.
+class _Usage(BaseModel):
+    prompt_tokens: int | None = 0
+    completion_tokens: int | None = 0
+
+
+class _TextChoice(BaseModel):
+    text: str
+    finish_reason: str | None = None
+
+
+class _Message(BaseModel):
+    content: str | None = None  # null: an empty answer (as for a tool call), not an invalid one
+
+
+class _ChatChoice(BaseModel):
+    message: _Message
+    finish_reason: str | None = None
+
+
+class _CompletionAnswer(BaseModel):
+    choices: list[_TextChoice]
+    usage: _Usage | None = None
+
+
+class _ChatAnswer(BaseModel):
+    choices: list[_ChatChoice]
+    usage: _Usage | None = None
+
+
+class _Model(BaseModel):
+    id: str
+
+
+class _ModelList(BaseModel):
+    data: list[_Model]
+
+
+def parse_answer(raw, schema: type[BaseModel]) -> BaseModel:
+    """The validated body of a raw SDK response, or InvalidResponse saying what was wrong with it."""
+    content_type = raw.headers.get("content-type", "no content type").split(";")[0].strip()
+    try:
+        body = json.loads(raw.content)
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        raise InvalidResponse(f"got {content_type}, not JSON") from None
+    if isinstance(body, dict) and body.get("choices") == []:
+        raise EmptyResponse
+    try:
+        return schema.model_validate(body)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        where = ".".join(str(p) for p in err["loc"])
+        raise InvalidResponse(f"{where}: {err['msg']}") from None
+
+
+def cert_error(exc: BaseException) -> ssl.SSLCertVerificationError | None:
+    """The certificate verification failure behind a connection error, if that is what it was."""
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        if isinstance(exc, ssl.SSLCertVerificationError):
+            return exc
+        seen.add(id(exc))
+        exc = exc.__cause__ or exc.__context__
+    return None
+
+
 def retry_kind(exc: BaseException) -> str | None:
     """The stats name of a transient error, or None when retrying cannot help."""
     if isinstance(exc, EmptyResponse):
         return "empty_choices"
-    if isinstance(exc, (json.JSONDecodeError, openai.APIResponseValidationError)):
+    if isinstance(exc, (json.JSONDecodeError, openai.APIResponseValidationError, InvalidResponse)):
         return "invalid_body"
     if isinstance(exc, openai.APITimeoutError):
         return "timeout"
     if isinstance(exc, openai.APIConnectionError):
-        return "connection"
+        return None if cert_error(exc) else "connection"
     if isinstance(exc, openai.RateLimitError):
         return "rate_limited"
     if isinstance(exc, openai.InternalServerError):
@@ -115,30 +194,28 @@ class LLMClient:
                 f"{client.base_url}: {retry_kind(cause)} error persisted after {self.max_attempts} attempts "
                 f"({cause}) — check that the endpoint is up; everything accepted so far is saved"
             ) from cause
-        except openai.APIStatusError as exc:
-            raise EndpointError(f"{client.base_url}: HTTP {exc.status_code}: {_message(exc)}") from exc
+        except (openai.APIStatusError, openai.APIConnectionError) as exc:  # not worth retrying
+            raise permanent_error(client, exc, self.api) from exc
 
     async def _request(self, client: openai.AsyncOpenAI, prompt: str, kwargs: dict) -> Completion:
         if self.api == "chat":
-            resp = await client.chat.completions.create(
+            raw = await client.chat.completions.with_raw_response.create(
                 messages=[{"role": "user", "content": prompt}], **kwargs
             )
-            if not resp.choices:
-                raise EmptyResponse
-            choice = resp.choices[0]
+            answer = parse_answer(raw, _ChatAnswer)
+            choice = answer.choices[0]
             text = choice.message.content or ""
         else:
-            resp = await client.completions.create(prompt=prompt, **kwargs)
-            if not resp.choices:
-                raise EmptyResponse
-            choice = resp.choices[0]
+            raw = await client.completions.with_raw_response.create(prompt=prompt, **kwargs)
+            answer = parse_answer(raw, _CompletionAnswer)
+            choice = answer.choices[0]
             text = choice.text
-        usage = resp.usage
+        usage = answer.usage or _Usage()
         return Completion(
             text=text,
             finish_reason=choice.finish_reason,
-            prompt_tokens=usage.prompt_tokens if usage else 0,
-            completion_tokens=usage.completion_tokens if usage else 0,
+            prompt_tokens=usage.prompt_tokens or 0,
+            completion_tokens=usage.completion_tokens or 0,
         )
 
     def _wait(self, state) -> float:
@@ -159,9 +236,19 @@ class LLMClient:
         self.retries[kind] += 1
         log.debug("retrying after %s (attempt %d)", kind, state.attempt_number)
 
-    async def list_models(self) -> list[str]:
-        """Model ids served by the first endpoint; doubles as a reachability check."""
-        client = self._clients[0]
+    async def list_models(self) -> dict[str, list[str]]:
+        """The model ids each endpoint serves, asked of all of them at once; doubles as a
+        reachability check. Endpoints that fail are reported together, each by its URL."""
+        found = await asyncio.gather(*(self._list_models(c) for c in self._clients), return_exceptions=True)
+        for result in found:  # anything but an EndpointError is a bug and keeps its traceback
+            if isinstance(result, BaseException) and not isinstance(result, EndpointError):
+                raise result
+        errors = [r for r in found if isinstance(r, EndpointError)]
+        if errors:
+            raise EndpointError("; ".join(str(e) for e in errors)) from errors[0]
+        return {str(c.base_url): models for c, models in zip(self._clients, found, strict=True)}
+
+    async def _list_models(self, client: openai.AsyncOpenAI) -> list[str]:
         retrying = AsyncRetrying(
             retry=retry_if_exception(lambda e: retry_kind(e) is not None),
             wait=wait_random_exponential(multiplier=0.5, max=self.max_wait),
@@ -171,24 +258,68 @@ class LLMClient:
         try:
             async for attempt in retrying:
                 with attempt:
-                    page = await client.models.list()
-                    return [m.id for m in page.data]
+                    raw = await client.models.with_raw_response.list()
         except openai.APIStatusError as exc:
-            raise EndpointError(f"{client.base_url}: HTTP {exc.status_code}: {_message(exc)}") from exc
-        except openai.APIError as exc:
+            raise permanent_error(client, exc, "models") from exc
+        except openai.APIConnectionError as exc:
+            if cert_error(exc):
+                raise permanent_error(client, exc, "models") from exc
             raise EndpointError(
                 f"{client.base_url}: endpoint unreachable after {self.max_attempts} attempts ({exc}) "
                 "— check --base-url and that the server is running"
             ) from exc
-        return []
+        try:
+            return [m.id for m in parse_answer(raw, _ModelList).data]
+        except InvalidResponse as exc:
+            raise EndpointError(
+                f"{raw.http_response.request.url}: did not answer like an OpenAI-compatible API ({exc}) "
+                "— check --base-url, it usually ends in /v1"
+            ) from None
 
     async def close(self) -> None:
         for c in self._clients:
             await c.close()
 
 
+def permanent_error(client: openai.AsyncOpenAI, exc: openai.APIError, api: str) -> EndpointError:
+    """One line for an error that retrying cannot fix: an HTTP error status or an untrusted TLS
+    certificate, naming the URL and what to do."""
+    if isinstance(exc, openai.APIConnectionError):
+        cause = cert_error(exc)
+        if cause is None:
+            return EndpointError(f"{client.base_url}: {exc}")
+        return EndpointError(
+            f"{client.base_url}: the server's TLS certificate is not trusted ({cause.verify_message}) "
+            "— set SSL_CERT_FILE to a CA bundle that trusts it, or fix the server's certificate"
+        )
+    line = f"{exc.request.url}: HTTP {exc.status_code}: {_message(exc)}"
+    if exc.status_code == 404:
+        line += f" — {_not_found_hint(str(client.base_url), api, _message(exc))}"
+    return EndpointError(line)
+
+
+def _not_found_hint(base_url: str, api: str, message: str) -> str:
+    """What a 404 most likely means. Generation requests are only sent once /models answered, so
+    their base URL is right and the route or the model is what is missing."""
+    if api == "models":
+        parts = urlsplit(base_url)
+        if not parts.path.rstrip("/").endswith("/v1"):
+            return f"check --base-url: it usually ends in /v1 (e.g. {parts.scheme}://{parts.netloc}/v1)"
+        return "no OpenAI-compatible API answers at this URL — check --base-url"
+    if "model" in message.lower():
+        return "check --model"
+    other = "completions" if api == "chat" else "chat"
+    return f"this endpoint has no {api} API — use --api {other}"
+
+
 def _message(exc: openai.APIStatusError) -> str:
+    """The server's own words for an error status, kept to one short line."""
     body = exc.body
     if isinstance(body, dict):
-        return str(body.get("message") or body.get("error") or body)
-    return str(exc.message)
+        text = str(body.get("message") or body.get("error") or body.get("detail") or body)
+    elif isinstance(body, str) and body.strip() and not body.lstrip().startswith("<"):
+        text = body
+    else:  # no body, or an HTML page
+        text = exc.response.reason_phrase or f"HTTP {exc.status_code}"
+    text = " ".join(text.split())
+    return text if len(text) <= 200 else text[:199] + "…"
