@@ -10,12 +10,11 @@ HTTPS when given an ssl.SSLContext. `requests` records each request's path.
 
 from __future__ import annotations
 
-import asyncio
 import re
 import ssl
-import threading
 
 from aiohttp import web
+from local_server import LocalServer
 
 MODEL = "fake-model"
 HTML = "<!doctype html><html><body><h1>Welcome</h1></body></html>"
@@ -47,7 +46,7 @@ def answer_text(prompt: str, request_number: int = 0) -> str:
     return " Fine."
 
 
-class FakeEndpoint:
+class FakeEndpoint(LocalServer):
     def __init__(
         self,
         faults: list[str] | None = None,
@@ -56,52 +55,19 @@ class FakeEndpoint:
         model: str = MODEL,
         ssl_context: ssl.SSLContext | None = None,
     ):
+        super().__init__(ssl_context)
         self.faults = list(faults or [])
         self.models = models
         self.api = api  # "completions", "chat" or "both": the other route answers 404
         self.model = model
-        self.ssl_context = ssl_context
         self.requests: list[str] = []
-        self.port = 0
-        self._loop = asyncio.new_event_loop()
-        self._ready = threading.Event()
-        self._thread = threading.Thread(target=self._serve, daemon=True)
 
-    @property
-    def url(self) -> str:
-        return f"{'https' if self.ssl_context else 'http'}://127.0.0.1:{self.port}/v1"
-
-    def __enter__(self) -> FakeEndpoint:
-        self._thread.start()
-        self._ready.wait(10)
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self._loop.call_soon_threadsafe(self._loop.stop)
-        self._thread.join(10)
-
-    def _serve(self) -> None:
-        asyncio.set_event_loop(self._loop)
-        runner = self._loop.run_until_complete(self._setup())
-        self._ready.set()
-        try:
-            self._loop.run_forever()
-        finally:
-            self._loop.run_until_complete(runner.cleanup())
-
-    async def _setup(self) -> web.AppRunner:
-        app = web.Application()
+    def routes(self, app: web.Application) -> None:
         app.router.add_get("/v1/models", self._models)
         if self.api in ("completions", "both"):
             app.router.add_post("/v1/completions", self._generate)
         if self.api in ("chat", "both"):
             app.router.add_post("/v1/chat/completions", self._generate)
-        runner = web.AppRunner(app)
-        await runner.setup()
-        site = web.TCPSite(runner, "127.0.0.1", 0, ssl_context=self.ssl_context)
-        await site.start()
-        self.port = site._server.sockets[0].getsockname()[1]
-        return runner
 
     async def _models(self, request: web.Request) -> web.StreamResponse:
         self.requests.append(request.path)

@@ -12,65 +12,27 @@ from __future__ import annotations
 import argparse
 import asyncio
 import random
-import threading
 
 from aiohttp import web
+from local_server import LocalServer
 
 SYLLABLES = "ka lo mi ne ru ta vo shi pe da gu ri mo sa te nu ba zo fi ye ho ki".split()
 VERBS = "Describe Explain Summarize List Compare Rewrite Classify Suggest Outline Translate".split()
 
 
-class FastEndpoint:
+class FastEndpoint(LocalServer):
     def __init__(self, latency: float = 0.0, seed: int = 0, model: str = "fast-model", items: int = 7):
+        super().__init__()
         self.latency = latency
         self.items = items  # instructions per answer to an instruction prompt
         self.model = model
         self.requests = 0
         self._rng = random.Random(seed)
-        self._loop = asyncio.new_event_loop()
-        self._ready = threading.Event()
-        self._thread = threading.Thread(target=self._serve, daemon=True)
-        self.port = 0
 
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}/v1"
-
-    def start(self) -> FastEndpoint:
-        self._thread.start()
-        self._ready.wait(10)
-        return self
-
-    def stop(self) -> None:
-        self._loop.call_soon_threadsafe(self._loop.stop)
-        self._thread.join(10)
-
-    def __enter__(self) -> FastEndpoint:
-        return self.start()
-
-    def __exit__(self, *exc) -> None:
-        self.stop()
-
-    def _serve(self) -> None:
-        asyncio.set_event_loop(self._loop)
-        runner = self._loop.run_until_complete(self._setup())
-        self._ready.set()
-        try:
-            self._loop.run_forever()
-        finally:
-            self._loop.run_until_complete(runner.cleanup())
-
-    async def _setup(self, port: int = 0) -> web.AppRunner:
-        app = web.Application()
+    def routes(self, app: web.Application) -> None:
         app.router.add_get("/v1/models", self._models)
         app.router.add_post("/v1/completions", self._completions)
         app.router.add_post("/v1/chat/completions", self._chat)
-        runner = web.AppRunner(app)
-        await runner.setup()
-        site = web.TCPSite(runner, "127.0.0.1", port)
-        await site.start()
-        self.port = site._server.sockets[0].getsockname()[1]
-        return runner
 
     async def _models(self, request: web.Request) -> web.Response:
         return web.json_response({"object": "list", "data": [{"id": self.model, "object": "model"}]})
@@ -133,7 +95,7 @@ def main() -> None:
     endpoint = FastEndpoint(args.latency)
     loop = endpoint._loop
     asyncio.set_event_loop(loop)
-    loop.run_until_complete(endpoint._setup(args.port))
+    loop.run_until_complete(endpoint.serve_on(args.port))
     print(f"serving {endpoint.url}", flush=True)
     loop.run_forever()
 

@@ -12,10 +12,10 @@ from __future__ import annotations
 import asyncio
 import json
 import random
-import threading
 from collections import Counter
 
 from aiohttp import ClientSession, ClientTimeout, web
+from local_server import LocalServer
 
 KINDS = (
     "429",
@@ -31,8 +31,9 @@ KINDS = (
 )
 
 
-class FaultProxy:
+class FaultProxy(LocalServer):
     def __init__(self, upstream: str, rate: float = 0.2, kinds=KINDS, stall_seconds: float = 10.0, seed=0):
+        super().__init__()
         self.upstream = upstream.rstrip("/")
         self.rate = rate
         self.kinds = tuple(kinds)
@@ -40,50 +41,15 @@ class FaultProxy:
         self.injected: Counter[str] = Counter()
         self.forwarded = 0
         self._rng = random.Random(seed)
-        self._loop = asyncio.new_event_loop()
-        self._ready = threading.Event()
-        self._thread = threading.Thread(target=self._serve, daemon=True)
-        self.port = 0
 
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}/v1"
-
-    def start(self) -> FaultProxy:
-        self._thread.start()
-        self._ready.wait(10)
-        return self
-
-    def stop(self) -> None:
-        self._loop.call_soon_threadsafe(self._loop.stop)
-        self._thread.join(10)
-
-    def __enter__(self) -> FaultProxy:
-        return self.start()
-
-    def __exit__(self, *exc) -> None:
-        self.stop()
-
-    def _serve(self) -> None:
-        asyncio.set_event_loop(self._loop)
-        runner = self._loop.run_until_complete(self._setup())
-        self._ready.set()
-        try:
-            self._loop.run_forever()
-        finally:
-            self._loop.run_until_complete(self._session.close())
-            self._loop.run_until_complete(runner.cleanup())
-
-    async def _setup(self) -> web.AppRunner:
-        app = web.Application()
+    def routes(self, app: web.Application) -> None:
         app.router.add_route("*", "/{path:.*}", self._handle)
-        runner = web.AppRunner(app)
-        await runner.setup()
-        site = web.TCPSite(runner, "127.0.0.1", 0)
-        await site.start()
-        self.port = site._server.sockets[0].getsockname()[1]
+
+    async def on_start(self) -> None:
         self._session = ClientSession(timeout=ClientTimeout(total=600))
-        return runner
+
+    async def on_close(self) -> None:
+        await self._session.close()
 
     async def _forward(self, request: web.Request, body: bytes) -> tuple[int, bytes, str]:
         url = (
