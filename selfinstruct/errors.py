@@ -18,3 +18,9 @@ class StorageError(UserError):
             f"{path}: cannot {doing} ({cause}) — free space or fix the file system, then {then}; "
             "records written so far are kept"
         )
+
+
+def first_error(exc) -> tuple[str, str]:
+    """(dotted field, message) of the first problem a pydantic ValidationError reports."""
+    err = exc.errors()[0]
+    return ".".join(str(p) for p in err["loc"]), err["msg"].removeprefix("Value error, ")

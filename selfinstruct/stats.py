@@ -11,6 +11,7 @@ from pathlib import Path
 
 from pydantic import BaseModel, NonNegativeFloat, NonNegativeInt, ValidationError
 
+from selfinstruct.errors import first_error
 from selfinstruct.prompts import parse_classification
 
 log = logging.getLogger(__name__)
@@ -32,8 +33,8 @@ def _read_carried(path: Path) -> _Carried:
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         why = "not valid JSON" if isinstance(exc, ValueError) else exc.strerror
     except ValidationError as exc:
-        err = exc.errors()[0]
-        why = ": ".join([".".join(str(p) for p in err["loc"]), err["msg"]] if err["loc"] else [err["msg"]])
+        where, message = first_error(exc)
+        why = f"{where}: {message}" if where else message
     else:
         return carried
     log.warning("%s: %s — retries, wall time and the resume count start again from zero", path, why)

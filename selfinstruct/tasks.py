@@ -14,7 +14,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from selfinstruct.errors import StorageError, UserError
+from selfinstruct.errors import StorageError, UserError, first_error
 
 log = logging.getLogger(__name__)
 _UMASK = os.umask(0o022)
@@ -135,9 +135,8 @@ def _to_task(where: str, index: int, row: Any) -> SeedTask:
     try:
         return SeedTask.model_validate(row)
     except ValidationError as exc:
-        err = exc.errors()[0]
-        field = ".".join(str(p) for p in err["loc"])
-        raise UserError(f"{where}: field '{field}': {err['msg']}") from None
+        field, message = first_error(exc)
+        raise UserError(f"{where}: field '{field}': {message}") from None
 
 
 class JsonlWriter:
@@ -228,8 +227,7 @@ def recover_jsonl(path: Path, validate: Callable[[dict[str, Any]], Any] | None =
 
 def _first_error(exc: ValueError) -> str:
     if isinstance(exc, ValidationError):
-        err = exc.errors()[0]
-        return f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}"
+        return ": ".join(first_error(exc))
     return str(exc)
 
 

@@ -9,7 +9,7 @@ from typing import Annotated
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from selfinstruct.errors import UserError
+from selfinstruct.errors import UserError, first_error
 from selfinstruct.filters.base import Decision
 from selfinstruct.filters.tokenizers import CJK_CHAR, count_words
 from selfinstruct.tasks import read_text, read_toml
@@ -88,9 +88,8 @@ class HeuristicFilter:
         try:
             rules = HeuristicRules.model_validate(data)
         except ValidationError as exc:
-            err = exc.errors()[0]
-            field = ".".join(str(p) for p in err["loc"])
-            raise UserError(f"{path}: {field}: {err['msg'].removeprefix('Value error, ')}") from None
+            field, message = first_error(exc)
+            raise UserError(f"{path}: {field}: {message}") from None
         keywords = list(rules.keywords.words)
         for name in rules.keywords.files:
             keywords += _read_keywords(path.parent / name, path)

@@ -31,7 +31,7 @@ from tenacity import (
 )
 
 from selfinstruct.config import Sampling
-from selfinstruct.errors import EndpointError
+from selfinstruct.errors import EndpointError, first_error
 
 log = logging.getLogger(__name__)
 
@@ -107,9 +107,8 @@ def parse_answer(raw, schema: type[BaseModel]) -> BaseModel:
     try:
         return schema.model_validate(body)
     except ValidationError as exc:
-        err = exc.errors()[0]
-        where = ".".join(str(p) for p in err["loc"])
-        raise InvalidResponse(f"{where}: {err['msg']}") from None
+        where, message = first_error(exc)
+        raise InvalidResponse(f"{where}: {message}") from None
 
 
 def cert_error(exc: BaseException) -> ssl.SSLCertVerificationError | None:
