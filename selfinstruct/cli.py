@@ -217,8 +217,8 @@ def main(argv: list[str] | None = None) -> None:
         print(f"error: {exc}", file=sys.stderr)
         code = 2
     except (interrupts.Interrupted, KeyboardInterrupt) as exc:
-        name = exc.name if isinstance(exc, interrupts.Interrupted) else "SIGINT"
-        print(f"interrupted ({name}): records written so far are kept", file=sys.stderr)
-        code = exc.exit_code if isinstance(exc, interrupts.Interrupted) else 130
+        stop = exc if isinstance(exc, interrupts.Interrupted) else interrupts.Interrupted(signal.SIGINT)
+        print(f"interrupted ({stop.name}): records written so far are kept", file=sys.stderr)
+        code = stop.exit_code
     interrupts.ignore()
     sys.exit(code)

@@ -7,9 +7,7 @@ a JSON array, or plain text with one instruction per line; OUTPUT has the same f
 
 from __future__ import annotations
 
-import contextlib
 import json
-import os
 from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,11 +15,11 @@ from typing import Any
 
 from tqdm import tqdm
 
-from selfinstruct.errors import StorageError, UserError
+from selfinstruct.errors import UserError
 from selfinstruct.filters.rouge_index import RougeIndex
 from selfinstruct.filters.tokenizers import TOKENIZERS, default_tokenizer
 from selfinstruct.locking import exclusive
-from selfinstruct.tasks import json_rows, load_seeds, read_text
+from selfinstruct.tasks import atomic_file, json_rows, load_seeds, read_text
 
 
 @dataclass
@@ -53,24 +51,15 @@ def _field(record: Any, field: str, where: str) -> str:
 
 
 def write_output(path: Path, form: str, records: list[Any]) -> None:
-    """Write the whole file under a temporary name, then rename it: never a half-written output."""
-    tmp = path.with_name(path.name + ".tmp")
-    try:
-        with open(tmp, "w", encoding="utf-8") as f:
-            if form == "json":
-                json.dump(records, f, ensure_ascii=False, indent=2)
-                f.write("\n")
-            elif form == "jsonl":
-                f.writelines(json.dumps(r, ensure_ascii=False) + "\n" for r in records)
-            else:
-                f.writelines(r + "\n" for r in records)
-        os.replace(tmp, path)
-    except BaseException as exc:  # a full disk or a signal: leave no partial file behind
-        with contextlib.suppress(OSError):
-            tmp.unlink()
-        if isinstance(exc, OSError):
-            raise StorageError(path, exc) from None
-        raise
+    """Write the whole file, or nothing (see atomic_file)."""
+    with atomic_file(path) as f:
+        if form == "json":
+            json.dump(records, f, ensure_ascii=False, indent=2)
+            f.write("\n")
+        elif form == "jsonl":
+            f.writelines(json.dumps(r, ensure_ascii=False) + "\n" for r in records)
+        else:
+            f.writelines(r + "\n" for r in records)
 
 
 def dedup(

@@ -63,10 +63,6 @@ def ignore() -> None:
         signal.signal(sig, signal.SIG_IGN)
 
 
-def received() -> int | None:
-    return _received
-
-
 @contextmanager
 def armed() -> Iterator[None]:
     """The job itself: a signal inside raises Interrupted. Outside (before the job starts, while the

@@ -8,9 +8,9 @@ import logging
 import os
 import tempfile
 import tomllib
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
@@ -231,25 +231,30 @@ def _first_error(exc: ValueError) -> str:
     return str(exc)
 
 
-def write_json_atomic(path: Path, data: Any) -> None:
-    """Write JSON to a temporary file and rename it over the target, so readers never see half.
-
-    A failed write (disk full, I/O error) removes the temporary file, leaves the target as it
-    was, and is a StorageError naming the target.
-    """
+@contextlib.contextmanager
+def atomic_file(path: Path) -> Iterator[TextIO]:
+    """A text file to write that replaces `path` only once it is written whole, so readers never
+    see half. A failure (disk full, I/O error, a signal) removes the temporary file and leaves
+    `path` as it was; an OSError becomes a StorageError naming `path`."""
     path = Path(path)
-    text = json.dumps(data, ensure_ascii=False, indent=2) + "\n"
     tmp = None
     try:
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
         os.fchmod(fd, 0o666 & ~_UMASK)  # as open() would have made it, not mkstemp's 0600
         with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
+            yield f
         os.replace(tmp, path)
-    except BaseException as exc:  # a signal included: never leave the temporary file behind
+    except BaseException as exc:
         if tmp is not None:
             with contextlib.suppress(OSError):
                 os.unlink(tmp)
         if isinstance(exc, OSError):
             raise StorageError(path, exc) from None
         raise
+
+
+def write_json_atomic(path: Path, data: Any) -> None:
+    """Write indented JSON through `atomic_file`."""
+    text = json.dumps(data, ensure_ascii=False, indent=2) + "\n"
+    with atomic_file(path) as f:
+        f.write(text)

@@ -33,6 +33,7 @@ from transformers import (
 from trl import SFTConfig, SFTTrainer
 
 from selfinstruct.errors import UserError
+from selfinstruct.tasks import atomic_file
 from selfinstruct.train.config import (
     CONFIG_NAME,
     LOG_NAME,
@@ -103,9 +104,8 @@ def trim_log(path: Path, last_step: int) -> None:
     if not path.exists():
         return
     rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text("".join(json.dumps(r) + "\n" for r in rows if r["step"] <= last_step))
-    tmp.replace(path)
+    with atomic_file(path) as f:
+        f.writelines(json.dumps(r) + "\n" for r in rows if r["step"] <= last_step)
 
 
 # ---- model ----------------------------------------------------------------------------------------
