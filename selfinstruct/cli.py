@@ -127,6 +127,22 @@ def build_parser() -> argparse.ArgumentParser:
     dedup.add_argument("--no-progress", action="store_true", help="Hide the progress bar.")
     dedup.set_defaults(func=cmd_dedup)
 
+    report = commands.add_parser(
+        "report", help="The paper's Table 1 and figures for a run directory or an instruction file."
+    )
+    report.add_argument("path", type=Path, help="Run directory, or Alpaca / dataset / seed / chat JSON(L).")
+    report.add_argument(
+        "-o", "--output-dir", type=Path, help="Where to write (default: RUN/report or FILE_STEM-report)."
+    )
+    report.add_argument(
+        "--seeds", type=Path, help="Seed tasks for ROUGE-L to the nearest seed (default: the run's seeds, "
+        "else the project's seeds in the data's language).",
+    )  # fmt: skip
+    report.add_argument("--sample", type=int, default=50, help="Records in the review sample (default 50).")
+    report.add_argument("--seed", type=int, default=0, help="Seed for drawing the review sample (default 0).")
+    report.add_argument("--overwrite", action="store_true", help="Replace an earlier report in the directory.")
+    report.set_defaults(func=cmd_report)
+
     models = commands.add_parser("models", help="Manage the embedded default model.")
     models_cmds = models.add_subparsers(dest="models_command", required=True)
     prepare = models_cmds.add_parser("prepare", help="Download and convert the embedded model once.")
@@ -167,6 +183,22 @@ def cmd_dedup(args: argparse.Namespace) -> int:
         f"kept {r.kept} of {r.read} ({r.dropped} near-duplicates dropped, {r.tokenizer} tokens) "
         f"-> {args.output}"
     )
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from selfinstruct.report import build_report
+
+    r = build_report(args.path, args.output_dir, args.seeds, args.sample, args.seed, args.overwrite)
+    t = r.report
+    clf = t["classification_instructions"]
+    print(
+        f"{t['instructions']:,} instructions ({'?' if clf is None else f'{clf:,}'} classification), "
+        f"{t['instances']:,} instances ({t['empty_input_instances']:,} with empty input); average words: "
+        f"instruction {t['avg_words']['instruction']}, input {t['avg_words']['input_nonempty']}, "
+        f"output {t['avg_words']['output']}"
+    )
+    print(f"report -> {r.out_dir / 'report.html'} ({r.seconds:.1f} s)")
     return 0
 
 

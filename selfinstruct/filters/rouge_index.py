@@ -244,6 +244,30 @@ class RougeIndex:
                 best, best_f = item, f
         return best, best_f
 
+    def most_similar_many(self, texts: list[str], workers: int = 1) -> tuple[np.ndarray, np.ndarray]:
+        """`most_similar` for many texts against a small pool (e.g. a seed set): the best F of each
+        text (0.0 when it shares no token) and the pool item that has it (the first on ties; -1 for
+        none). One rapidfuzz `cdist` call per block computes every LCS in C++, and rouge_score's
+        float formula, applied elementwise in the same order, gives the same scores."""
+        items = np.full(len(texts), -1, dtype=np.int64)
+        scores = np.zeros(len(texts))
+        if not self._seqs:
+            return items, scores
+        lengths = np.array([len(seq) for seq in self._seqs], dtype=np.float64)
+        block = max(1, 2_000_000 // len(self._seqs))
+        for start in range(0, len(texts), block):
+            seqs = [self._encode(self.tokenize(t)) for t in texts[start : start + block]]
+            lcs = process.cdist(seqs, self._seqs, scorer=LCSseq.similarity, dtype=np.int32, workers=workers)
+            m = np.array([len(q) for q in seqs], dtype=np.float64)[:, None]
+            with np.errstate(divide="ignore", invalid="ignore"):
+                precision, recall = lcs / lengths, lcs / m
+                f = np.where(lcs > 0, 2 * precision * recall / (precision + recall), 0.0)
+            best = f.argmax(axis=1)
+            best_f = f[np.arange(len(seqs)), best]
+            items[start : start + len(seqs)] = np.where(best_f > 0, best, -1)
+            scores[start : start + len(seqs)] = best_f
+        return items, scores
+
     def check(self, text: str) -> bool:
         """Query, then add the text when it is kept; True when kept."""
         tokens = self.tokenize(text)
