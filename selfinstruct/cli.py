@@ -140,7 +140,9 @@ def build_parser() -> argparse.ArgumentParser:
     )  # fmt: skip
     report.add_argument("--sample", type=int, default=50, help="Records in the review sample (default 50).")
     report.add_argument("--seed", type=int, default=0, help="Seed for drawing the review sample (default 0).")
-    report.add_argument("--overwrite", action="store_true", help="Replace an earlier report in the directory.")
+    report.add_argument(
+        "--overwrite", action="store_true", help="Replace an earlier report in the directory."
+    )
     report.set_defaults(func=cmd_report)
 
     models = commands.add_parser("models", help="Manage the embedded default model.")

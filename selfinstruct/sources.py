@@ -137,9 +137,11 @@ def read_records(path: Path) -> list[dict[str, Any]]:
         except (json.JSONDecodeError, UnicodeDecodeError):
             if lineno == len(lines):  # no newline after it: a line still being written
                 break
-            raise UserError(f"{path}:{lineno}: not a JSON record — the file was edited; fix the line") from None
+            raise UserError(
+                f"{path}:{lineno}: not a JSON record — the file was edited; fix the line"
+            ) from None
         if not isinstance(record, dict):
-            raise UserError(f"{path}:{lineno}: not a JSON record — the file was edited; fix the line")
+            raise UserError(f"{path}:{lineno}: not a JSON record — fix or remove the line")
         records.append(record)
     return records
 
@@ -199,8 +201,14 @@ def _row_records(where: str, n: int, row: Any) -> tuple[str, list[dict[str, Any]
             if not isinstance(instance, dict):
                 raise UserError(f"{at}: expected an object with 'input' and 'output'")
             found.append(
-                _record(f"{task}-{k}", task, instruction, _text(at, instance, "input"),
-                        _text(at, instance, "output", required=True), flag)  # fmt: skip
+                _record(
+                    f"{task}-{k}",
+                    task,
+                    instruction,
+                    _text(at, instance, "input"),
+                    _text(at, instance, "output", required=True),
+                    flag,
+                )  # fmt: skip
             )
         return "seed", found
     output = _text(where, row, "output", required=True)
@@ -220,7 +228,9 @@ def _chat_record(where: str, n: int, row: dict[str, Any]) -> dict[str, Any]:
         for m in messages
     )
     if not ok:
-        raise UserError(f"{where}: field 'messages' must be a list of objects with string 'role' and 'content'")
+        raise UserError(
+            f"{where}: field 'messages' must be a list of objects with string 'role' and 'content'"
+        )
     users = [m["content"] for m in messages if m["role"] == "user"]
     answers = [m["content"] for m in messages if m["role"] == "assistant"]
     if not users or not answers or not users[0].strip():

@@ -1,4 +1,4 @@
-"""`python -m selfinstruct report`: the paper's Table 1 and figures for a run directory or an instruction file.
+"""`python -m selfinstruct report`: the paper's Table 1 and figures for a run or an instruction file.
 
 Writes DIR/report.json (the figures for machines), DIR/report.html (one page that opens offline)
 and DIR/review_sample.csv (records to audit by hand). See docs/report.md.
@@ -130,7 +130,9 @@ def _rouge(source: Source, instructions: list[str], language: str, seeds: Path |
     result["seeds_file"] = str(seeds)
     result["seeds_sha256"] = file_sha256(seeds)
     if changed:
-        result["note"] = f"{seeds} changed since the run started: these scores are against its current content."
+        result["note"] = (
+            f"{seeds} changed since the run started: these scores are against its current content."
+        )
     return result
 
 

@@ -30,15 +30,15 @@ def _n(value: Any) -> str:
     return f"{value:,}" if isinstance(value, int) else escape(str(value))
 
 
+def _cell(value: Any) -> str:
+    if isinstance(value, int | float) or value is None:
+        return f'<td class="n">{_n(value)}</td>'
+    return f"<td>{escape(str(value))}</td>"
+
+
 def _table(header: list[str], rows: list[list[Any]], css: str = "") -> str:
     head = "".join(f"<th>{escape(h)}</th>" for h in header)
-    body = "".join(
-        "<tr>" + "".join(
-            f'<td class="n">{_n(c)}</td>' if isinstance(c, int | float) or c is None else f"<td>{escape(str(c))}</td>"
-            for c in row
-        ) + "</tr>"
-        for row in rows
-    )  # fmt: skip
+    body = "".join("<tr>" + "".join(map(_cell, row)) + "</tr>" for row in rows)
     return f'<table class="{css}"><tr>{head}</tr>{body}</table>'
 
 
@@ -48,15 +48,22 @@ def _table1(report: dict[str, Any]) -> str:
     rows = [
         ["instructions", ours["instructions"], paper["instructions"]],
         ["classification instructions", clf, paper["classification_instructions"]],
-        ["non-classification instructions", None if clf is None else ours["instructions"] - clf,
-         paper["instructions"] - paper["classification_instructions"]],  # fmt: skip
+        [
+            "non-classification instructions",
+            None if clf is None else ours["instructions"] - clf,
+            paper["instructions"] - paper["classification_instructions"],
+        ],  # fmt: skip
         ["instances", ours["instances"], paper["instances"]],
         ["instances with an empty input", ours["empty_input_instances"], paper["empty_input_instances"]],
     ]
     labels = {"instruction": "instruction", "input_nonempty": "non-empty input", "output": "output"}
     for key, label in labels.items():
         rows.append([f"average words: {label}", ours["avg_words"][key], paper["avg_words"][key]])
-    note = "" if clf is not None else "<p class='note'>The source does not say which tasks are classification.</p>"
+    note = (
+        ""
+        if clf is not None
+        else "<p class='note'>The source does not say which tasks are classification.</p>"
+    )
     return (
         "<h2>Statistics (the paper's Table 1)</h2>"
         + _table(["", "this data", "Self-Instruct paper (GPT-3)"], rows)
@@ -66,7 +73,10 @@ def _table1(report: dict[str, Any]) -> str:
 
 
 def _funnel(funnel: dict[str, Any], novelty: dict[str, Any]) -> str:
-    rows: list[list[Any]] = [["candidate instructions", funnel["candidates"]], ["accepted", funnel["accepted"]]]
+    rows: list[list[Any]] = [
+        ["candidate instructions", funnel["candidates"]],
+        ["accepted", funnel["accepted"]],
+    ]
     rows += [[f"rejected: {reason}", n] for reason, n in funnel["rejected"].items()]
     rows += [[f"classification: {k}", n] for k, n in funnel["classification"].items()]
     inst = funnel["instances"]
@@ -107,8 +117,7 @@ def _rouge(rouge: dict[str, Any]) -> str:
     if rouge.get("mean") is None:
         return out + f"<p>{escape(rouge.get('note', 'Not computed.'))}</p>"
     return (
-        out
-        + f"<p>Mean {rouge['mean']:.3f}, median {rouge['median']:.3f}, against {rouge['seeds']} seed "
+        out + f"<p>Mean {rouge['mean']:.3f}, median {rouge['median']:.3f}, against {rouge['seeds']} seed "
         f"instructions ({escape(rouge['seeds_file'])}; {rouge['tokenizer']} tokens).</p>"
         + plots.histogram(rouge["histogram"], "ROUGE-L to the most similar seed", "ROUGE-L F", "#8172b3")
     )

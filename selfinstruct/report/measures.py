@@ -84,9 +84,9 @@ def funnel(source: Source) -> dict[str, Any] | None:
         "candidates": accepted + sum(n for reason, n in rejected.items() if reason != "truncated"),
         "accepted": accepted,
         "rejected": dict(rejected.most_common()),
-        "classification": dict(Counter(
-            "yes" if r["is_classification"] else "no" for r in run.classification
-        )),  # fmt: skip
+        "classification": dict(
+            Counter("yes" if r["is_classification"] else "no" for r in run.classification)
+        ),  # fmt: skip
         "instances": {
             "tasks": len(run.instances),
             "generated": generated,
