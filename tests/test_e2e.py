@@ -5,7 +5,8 @@ import json
 from pathlib import Path
 
 import pytest
-from clirun import selfinstruct
+from clirun import EMBEDDED_TARGET as TARGET
+from clirun import SECRET, selfinstruct
 from rouge_score import rouge_scorer
 
 from selfinstruct.filters import HeuristicFilter
@@ -13,24 +14,11 @@ from selfinstruct.resources import resource_path
 from selfinstruct.tasks import load_seeds, read_jsonl
 
 pytestmark = pytest.mark.slow
-SECRET = "sk-test-should-never-be-written-9f8e7d"
-# The 135M model often copies the input as the output, which the instance rules drop: 16 tasks make
-# an empty dataset.jsonl (nothing for `datasets` to load) vanishingly unlikely.
-TARGET = 16
 
 
 @pytest.fixture(scope="module")
-def run_dir(vllm_server, tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("run") / "run"
-    result = selfinstruct(
-        "run", "--backend", "openai", "--base-url", vllm_server.base_url,
-        "-n", str(TARGET), "-o", str(out), "--seed", "3", "--concurrency", "8", "--no-progress",
-        env={"OPENAI_API_KEY": SECRET}, timeout=1200,
-    )  # fmt: skip
-    assert result.returncode == 0, result.stderr[-3000:]
-    assert f"accepted {TARGET}/{TARGET} instructions" in result.stdout
-    (out.parent / "cli-output.log").write_text(result.stdout + result.stderr)
-    return out
+def run_dir(embedded_run) -> Path:
+    return embedded_run
 
 
 def test_run_accepts_exactly_the_target_and_each_passes_the_filters(run_dir: Path):

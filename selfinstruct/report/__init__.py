@@ -53,13 +53,17 @@ def build_report(
         raise UserError(f"--sample: {sample} is negative — pass the number of records to review, e.g. 50")
     out_dir = Path(out_dir) if out_dir is not None else default_out_dir(path)
     source = load_source(path)
+    loaded = time.monotonic() - started
     if source.records.empty and source.instructions.empty:
         raise UserError(f"{path}: holds no instructions yet — nothing to report")
     _check_outputs(out_dir, overwrite)
     out_dir.mkdir(parents=True, exist_ok=True)
     with exclusive(out_dir, "selfinstruct report"):
         report, review = compute(source, seeds, sample, seed)
+        report["seconds"] = {"load": round(loaded, 3), **report["seconds"]}
+        clock = time.monotonic()
         _write(out_dir, report, review)
+        report["seconds"]["write"] = round(time.monotonic() - clock, 3)
     return ReportResult(out_dir, report, time.monotonic() - started)
 
 
@@ -90,6 +94,15 @@ def compute(source: Source, seeds: Path | None, sample: int, seed: int):
         },
         "generated_by": f"selfinstruct {__version__}",
     }
+    seconds: dict[str, float] = {}
+    clock = time.monotonic()
+
+    def lap(name: str) -> None:
+        nonlocal clock
+        now = time.monotonic()
+        seconds[name] = round(now - clock, 3)
+        clock = now
+
     report |= measures.table1(source)
     funnel = measures.funnel(source)
     report["rejected"] = funnel["rejected"] if funnel else None
@@ -97,13 +110,18 @@ def compute(source: Source, seeds: Path | None, sample: int, seed: int):
     report["novelty_yield"] = measures.novelty_yield(source)
     if source.run is not None and source.run.stats is not None:
         report["stats"] = source.run.stats
+    lap("table1_and_funnel")
     log.info("ROUGE-L of %d instructions to the nearest seed", len(instructions))
     report["rouge_to_seed"] = _rouge(source, instructions, language, seeds)
+    lap("rouge_to_seed")
     report["lengths"] = measures.length_histograms(source)
+    lap("lengths")
     log.info("parsing %d instructions for verbs and their objects", len(instructions))
     report["verb_noun"] = verb_noun(instructions, language).to_dict()
+    lap("verb_noun")
     review = measures.review_sample(source, sample, seed)
     report["sample"] = {"size": len(review), "seed": seed, "csv": "review_sample.csv"}
+    report["seconds"] = seconds
     return report, review
 
 
