@@ -13,10 +13,9 @@ import hashlib
 import json
 from pathlib import Path
 
-from pydantic import BaseModel, ConfigDict, Field
-
 from selfinstruct.config import Sampling
 from selfinstruct.generation.client import Completion
+from selfinstruct.records import CachedResponse
 from selfinstruct.tasks import JsonlWriter, recover_jsonl
 
 
@@ -25,26 +24,9 @@ def request_key(model: str, prompt: str, sampling: Sampling, stop: list[str] | N
     return hashlib.sha256(payload.encode()).hexdigest()[:32]
 
 
-class CachedResponse(BaseModel):
-    """One line of responses.jsonl."""
-
-    model_config = ConfigDict(extra="ignore", strict=True)
-
-    key: str
-    stage: str
-    index: str
-    text: str
-    finish_reason: str | None
-    prompt_tokens: int = Field(ge=0)
-    completion_tokens: int = Field(ge=0)
-
-
 def _checked(record: dict) -> dict:
     """A cache record as the pipeline reads it, or ValueError when the line is not one."""
-    checked = CachedResponse.model_validate(record)
-    if checked.stage == "instructions" and not checked.index.isdigit():
-        raise ValueError(f"index: an instructions request is numbered (got {checked.index!r})")
-    return checked.model_dump()
+    return CachedResponse.model_validate(record).model_dump()
 
 
 class ResponseCache:
@@ -61,15 +43,15 @@ class ResponseCache:
 
     def put(self, key: str, stage: str, index: str, completion: Completion) -> None:
         # The client hands over only answers it validated: no second check on this hot path.
-        record = {
-            "key": key,
-            "stage": stage,
-            "index": index,
-            "text": completion.text,
-            "finish_reason": completion.finish_reason,
-            "prompt_tokens": completion.prompt_tokens,
-            "completion_tokens": completion.completion_tokens,
-        }
+        record = CachedResponse.model_construct(
+            key=key,
+            stage=stage,
+            index=index,
+            text=completion.text,
+            finish_reason=completion.finish_reason,
+            prompt_tokens=completion.prompt_tokens,
+            completion_tokens=completion.completion_tokens,
+        ).model_dump()
         self.records.append(record)
         self._by_key[key] = record
         self._writer.write(record)

@@ -36,6 +36,7 @@ from selfinstruct.prompts import (
     parse_instances,
     parse_instructions,
 )
+from selfinstruct.records import Classification, DatasetRecord, InstanceRecord, MachineInstruction, Rejected
 from selfinstruct.stats import RunStats
 from selfinstruct.tasks import Instance, JsonlWriter, SeedTask, recover_jsonl, write_json_atomic
 
@@ -238,13 +239,14 @@ class Pipeline:
                 self.reject(text, decision.reason, request_id, decision.most_similar, decision.similarity)
                 continue
             task = MachineTask(id=f"machine_task_{len(self.accepted)}", instruction=text)
-            self.files.machine_instructions.write({
-                "id": task.id,
-                "instruction": text,
-                "most_similar": decision.most_similar,
-                "similarity": round(decision.similarity or 0.0, 4),
-                "request": request_id,
-            })  # fmt: skip
+            accepted = MachineInstruction(
+                id=task.id,
+                instruction=text,
+                most_similar=decision.most_similar,
+                similarity=round(decision.similarity or 0.0, 4),
+                request=request_id,
+            )
+            self.files.machine_instructions.write(accepted.model_dump())
             self._join_pool(task)
             self.stats.accepted += 1
             self.progress.advance()
@@ -258,10 +260,14 @@ class Pipeline:
 
     def reject(self, text, reason, request_id, most_similar=None, similarity=None) -> None:
         self.stats.rejected[reason] += 1
-        record = {"instruction": text, "reason": reason, "request": request_id}
-        if most_similar is not None:
-            record |= {"most_similar": most_similar, "similarity": round(similarity, 4)}
-        self.files.rejected.write(record)
+        record = Rejected(
+            instruction=text,
+            reason=reason,
+            request=request_id,
+            most_similar=most_similar,
+            similarity=None if most_similar is None else round(similarity, 4),
+        )
+        self.files.rejected.write(record.model_dump())
         self.progress.refresh()
 
     # Stages 2-4 --------------------------------------------------------------------------------
@@ -285,12 +291,10 @@ class Pipeline:
             verdict = parse_classification(answer.text)
             is_clf = bool(verdict)
             self.stats.classification["unparsed" if verdict is None else "yes" if verdict else "no"] += 1
-            self.files.classification.write({
-                "id": task.id,
-                "instruction": task.instruction,
-                "is_classification": is_clf,
-                "raw": answer.text,
-            })  # fmt: skip
+            record = Classification(
+                id=task.id, instruction=task.instruction, is_classification=is_clf, raw=answer.text
+            )
+            self.files.classification.write(record.model_dump())
 
         async with semaphore:
             prompt = build_instance_prompt(task.instruction, is_clf, self.lang)
@@ -327,17 +331,18 @@ class Pipeline:
         if len(unique) < len(kept):
             drops["near_duplicate"] += len(kept) - len(unique)
         if not replay:
-            self.files.instances.write(record | {"dropped": dict(drops)})
+            self.files.instances.write(InstanceRecord(**record, dropped=dict(drops)).model_dump())
         for key, inst in unique:
             if key in self._dataset_ids:
                 continue
-            self.files.dataset.write({
-                "instruction": record["instruction"],
-                "input": inst.input,
-                "output": inst.output,
-                "id": key,
-                "is_classification": record["is_classification"],
-            })  # fmt: skip
+            example = DatasetRecord(
+                instruction=record["instruction"],
+                input=inst.input,
+                output=inst.output,
+                id=key,
+                is_classification=record["is_classification"],
+            )
+            self.files.dataset.write(example.model_dump())
             self._dataset_ids.add(key)
         self.stats.instances_generated += len(instances) + record["truncated"]
         self.stats.instances_kept += len(unique)

@@ -23,6 +23,7 @@ from typing import Any
 import pandas as pd
 
 from selfinstruct.errors import UserError
+from selfinstruct.records import read_run_file, read_stats
 from selfinstruct.tasks import json_rows, read_text
 
 RECORD_COLUMNS = ["id", "task", "instruction", "input", "output", "is_classification"]
@@ -71,14 +72,14 @@ def _load_run(path: Path) -> Source:
             "directory that `selfinstruct run` wrote, or an instruction file"
         )
     config = _read_json(path / "config.json")
-    stats = _read_json(path / "stats.json") if (path / "stats.json").is_file() else None
+    stats = read_stats(path)
     run = RunFiles(
         config=config,
-        stats=stats,
-        **{name: read_records(path / f"{name}.jsonl") for name in _STAGE_FILES},
+        stats=stats.model_dump() if stats is not None else None,
+        **{name: _dicts(path, name) for name in _STAGE_FILES},
     )
-    dataset = read_records(path / "dataset.jsonl")
-    verdicts = {r["id"]: bool(r["is_classification"]) for r in run.classification}
+    dataset = read_run_file(path, "dataset.jsonl")
+    verdicts = {r["id"]: r["is_classification"] for r in run.classification}
     instructions = pd.DataFrame(
         {
             "task": [r["id"] for r in run.machine_instructions],
@@ -88,19 +89,10 @@ def _load_run(path: Path) -> Source:
         columns=["task", "instruction", "is_classification"],
     )
     records = pd.DataFrame(
-        [
-            {
-                "id": r["id"],
-                "task": r["id"].rpartition("-")[0] or r["id"],
-                "instruction": r["instruction"],
-                "input": r.get("input") or "",
-                "output": r["output"],
-                "is_classification": r.get("is_classification"),
-            }
-            for r in dataset
-        ],
+        [(r.id, r.id.rpartition("-")[0] or r.id, r.instruction, r.input, r.output, r.is_classification)
+         for r in dataset],
         columns=RECORD_COLUMNS,
-    )
+    )  # fmt: skip
     return Source(path, "run", records, instructions, run)
 
 
@@ -118,32 +110,8 @@ def _read_json(path: Path) -> dict[str, Any]:
     return data
 
 
-def read_records(path: Path) -> list[dict[str, Any]]:
-    """A run's JSONL file, read only: a missing file has no records, and a torn last line (a run
-    still writing, or one that was killed) is left out; any other bad line is a UserError."""
-    if not path.exists():
-        return []
-    try:
-        data = path.read_bytes()
-    except OSError as exc:
-        raise UserError(f"{path}: cannot read the file ({exc.strerror})") from None
-    lines = data.split(b"\n")
-    records = []
-    for lineno, line in enumerate(lines, 1):
-        if not line.strip():
-            continue
-        try:
-            record = json.loads(line)
-        except (json.JSONDecodeError, UnicodeDecodeError):
-            if lineno == len(lines):  # no newline after it: a line still being written
-                break
-            raise UserError(
-                f"{path}:{lineno}: not a JSON record — the file was edited; fix the line"
-            ) from None
-        if not isinstance(record, dict):
-            raise UserError(f"{path}:{lineno}: not a JSON record — fix or remove the line")
-        records.append(record)
-    return records
+def _dicts(run_dir: Path, name: str) -> list[dict[str, Any]]:
+    return [record.model_dump() for record in read_run_file(run_dir, f"{name}.jsonl")]
 
 
 # Instruction files -----------------------------------------------------------------------------

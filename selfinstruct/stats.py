@@ -13,12 +13,14 @@ from pydantic import BaseModel, NonNegativeFloat, NonNegativeInt, ValidationErro
 
 from selfinstruct.errors import first_error
 from selfinstruct.prompts import parse_classification
+from selfinstruct.records import InstanceCounts, InstructionCounts, Stats, TokenCounts
 
 log = logging.getLogger(__name__)
 
 
 class _Carried(BaseModel):
-    """What a resume carries over from stats.json: everything else is rebuilt from the run files."""
+    """What a resume carries over from stats.json (records.Stats), read leniently: everything else is
+    rebuilt from the run files."""
 
     retries: dict[str, NonNegativeInt] = {}
     wall_seconds: NonNegativeFloat = 0.0
@@ -100,27 +102,31 @@ class RunStats:
         return self.completion_tokens / self.elapsed if self.elapsed > 0 else 0.0
 
     def to_dict(self) -> dict:
-        return {
-            "instructions": {
-                "target": self.target,
-                "accepted": self.accepted,
-                "candidates": self.candidates,
-                "acceptance_rate": round(self.accepted / self.candidates, 4) if self.candidates else None,
-                "rejected": dict(self.rejected.most_common()),
-            },
-            "classification": dict(self.classification),
-            "instances": {
-                "tasks": self.tasks_annotated,
-                "generated": self.instances_generated,
-                "kept": self.instances_kept,
-                "dropped": dict(self.instance_drops.most_common()),
-            },
-            "dataset_records": self.instances_kept,
-            "requests": dict(self.requests),
-            "retries": dict(self.retries),
-            "replayed_responses": self.replayed,
-            "resumes": self.resumes,
-            "tokens": {"prompt": self.prompt_tokens, "completion": self.completion_tokens},
-            "wall_seconds": round(self.elapsed, 2),
-            "completion_tokens_per_second": round(self.tokens_per_second, 2),
-        }
+        """stats.json's content, checked by its model."""
+        return self.snapshot().model_dump()
+
+    def snapshot(self) -> Stats:
+        return Stats(
+            instructions=InstructionCounts(
+                target=self.target,
+                accepted=self.accepted,
+                candidates=self.candidates,
+                acceptance_rate=round(self.accepted / self.candidates, 4) if self.candidates else None,
+                rejected=dict(self.rejected.most_common()),
+            ),
+            classification=dict(self.classification),
+            instances=InstanceCounts(
+                tasks=self.tasks_annotated,
+                generated=self.instances_generated,
+                kept=self.instances_kept,
+                dropped=dict(self.instance_drops.most_common()),
+            ),
+            dataset_records=self.instances_kept,
+            requests=dict(self.requests),
+            retries=dict(self.retries),
+            replayed_responses=self.replayed,
+            resumes=self.resumes,
+            tokens=TokenCounts(prompt=self.prompt_tokens, completion=self.completion_tokens),
+            wall_seconds=round(self.elapsed, 2),
+            completion_tokens_per_second=round(self.tokens_per_second, 2),
+        )

@@ -185,30 +185,15 @@ def recover_jsonl(path: Path, validate: Callable[[dict[str, Any]], Any] | None =
     path = Path(path)
     if not path.exists():
         return []
-    try:
-        data = path.read_bytes()
-    except OSError as exc:
-        raise StorageError(path, exc, doing="read") from None
-    records, good_end, lineno = [], 0, 0
-    for lineno, line in enumerate(data.split(b"\n"), 1):
-        end = good_end + len(line) + 1
-        if not line.strip():
-            good_end = min(end, len(data))
-            continue
-        try:
-            record = json.loads(line)
-            complete = end <= len(data)  # the line has its newline
-        except (json.JSONDecodeError, UnicodeDecodeError):
-            record, complete = None, False
-        if not complete or not isinstance(record, dict):
-            if not data[end - 1 :].strip():  # nothing after this line: a torn tail
-                break
+    data = _read_bytes(path)
+    lines, good_end = _scan_jsonl(data)
+    records = []
+    for lineno, record in lines:
+        if record is None:
             if validate is None:
                 raise UserError(f"{path}:{lineno}: not a JSON record — fix or remove the line to resume")
             log.warning("%s:%d: skipping a line that is not a JSON record", path, lineno)
-            good_end = end
             continue
-        good_end = end
         if validate is not None:
             try:
                 record = validate(record)
@@ -223,6 +208,47 @@ def recover_jsonl(path: Path, validate: Callable[[dict[str, Any]], Any] | None =
         except OSError as exc:
             raise StorageError(path, exc) from None
     return records
+
+
+def scan_jsonl(path: Path) -> list[tuple[int, dict[str, Any] | None]]:
+    """The complete lines of an append-only JSONL file, read without changing it (a run may be
+    writing it): (line number, record), the record None for a line that is not a JSON object. A
+    torn last line, which a killed run or a write still under way leaves, is not among them."""
+    path = Path(path)
+    if not path.exists():
+        return []
+    return _scan_jsonl(_read_bytes(path))[0]
+
+
+def _read_bytes(path: Path) -> bytes:
+    try:
+        return path.read_bytes()
+    except OSError as exc:
+        raise StorageError(path, exc, doing="read") from None
+
+
+def _scan_jsonl(data: bytes) -> tuple[list[tuple[int, dict[str, Any] | None]], int]:
+    """The non-blank lines before a torn tail, as `scan_jsonl` gives them, and the offset where that
+    tail starts (len(data) when there is none)."""
+    lines: list[tuple[int, dict[str, Any] | None]] = []
+    good_end = 0
+    for lineno, line in enumerate(data.split(b"\n"), 1):
+        end = good_end + len(line) + 1
+        if not line.strip():
+            good_end = min(end, len(data))
+            continue
+        try:
+            record = json.loads(line)
+            complete = end <= len(data)  # the line has its newline
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            record, complete = None, False
+        if not complete or not isinstance(record, dict):
+            if not data[end - 1 :].strip():  # nothing after this line: a torn tail
+                break
+            record = None
+        good_end = end
+        lines.append((lineno, record))
+    return lines, good_end
 
 
 def _first_error(exc: ValueError) -> str:
