@@ -12,6 +12,8 @@ This module imports only the standard library at the top, so that `--help` stays
 
 from __future__ import annotations
 
+import hashlib
+import io
 import json
 import os
 import random
@@ -29,10 +31,6 @@ from selfinstruct.locking import exclusive
 FORMATS = ("alpaca", "messages", "sharegpt", "openai", "parquet", "hf")
 CHAT_FORMATS = ("messages", "sharegpt", "openai")
 SHAREGPT_ROLES = {"user": "human", "assistant": "gpt"}  # LLaMA-Factory's default tags
-SPLIT_FILES = {
-    "train": "data/train-00000-of-00001.parquet",
-    "validation": "data/validation-00000-of-00001.parquet",
-}
 HF_ENTRIES = {"README.md", "data"}  # all an exported folder holds: --overwrite replaces only such a folder
 RUN_FILES = {  # a run's own files: never an output, whatever --overwrite says
     "config.json", "stats.json", "dataset.jsonl", "machine_instructions.jsonl", "rejected.jsonl",
@@ -270,7 +268,6 @@ def _write_file(source, fmt: str, out: Path, system: str | None) -> ExportResult
 
 def _write_hf(source, out: Path, fraction: float, seed: int, license: str, command: str) -> ExportResult:
     from selfinstruct.dataset_card import Split, render_card
-    from selfinstruct.tasks import atomic_file
 
     records = source.records
     held = validation_tasks(records["task"].tolist(), fraction, seed)
@@ -278,20 +275,19 @@ def _write_hf(source, out: Path, fraction: float, seed: int, license: str, comma
     parts = {"train": records[~is_validation]}
     if held:
         parts["validation"] = records[is_validation]
+    files = {name: _parquet_bytes(table(part)) for name, part in parts.items()}
     splits = [
-        Split(name, SPLIT_FILES[name], len(part), part["task"].nunique()) for name, part in parts.items()
+        Split(name, split_file(name, files[name]), len(part), part["task"].nunique())
+        for name, part in parts.items()
     ]
     tmp = None
     try:
         tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp"))
         os.chmod(tmp, 0o777 & ~_umask())  # as mkdir would have made it, not mkdtemp's 0700
         (tmp / "data").mkdir()
-        for split in splits:
-            with atomic_file(tmp / split.path, binary=True) as f:
-                table(parts[split.name]).to_parquet(f, index=False)
-        card = render_card(source, splits, license, command)
-        with atomic_file(tmp / "README.md") as f:
-            f.write(card)
+        for split in splits:  # plain writes: the folder as a whole is what appears at once
+            (tmp / split.path).write_bytes(files[split.name])
+        (tmp / "README.md").write_text(render_card(source, splits, license, command), encoding="utf-8")
         _move_into_place(tmp, out)
     except BaseException as exc:
         if tmp is not None:
@@ -302,6 +298,20 @@ def _write_hf(source, out: Path, fraction: float, seed: int, license: str, comma
     return ExportResult(
         out, "hf", {s.name: s.records for s in splits}, tasks={s.name: s.tasks for s in splits}
     )
+
+
+def split_file(split: str, data: bytes) -> str:
+    """A split's file in the folder, named with the start of its sha256 as `push_to_hub` once named
+    shards. The name must change with the content: `datasets` caches a local folder whose card lists
+    its data files under the folder's name and those paths only, so a re-export under the same
+    names would load the earlier export's cached rows."""
+    return f"data/{split}-00000-of-00001-{hashlib.sha256(data).hexdigest()[:16]}.parquet"
+
+
+def _parquet_bytes(frame) -> bytes:
+    buffer = io.BytesIO()
+    frame.to_parquet(buffer, index=False)
+    return buffer.getvalue()
 
 
 def _move_into_place(tmp: Path, out: Path) -> None:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import resource
 import shlex
 import subprocess
 import sys
@@ -210,17 +211,18 @@ def test_card_front_matter_has_the_hub_keys(hf_dir, dataset):
     assert meta["task_categories"] == ["text-generation"]
     assert "self-instruct" in meta["tags"]
     assert meta["pretty_name"] == "Self-Instruct data (run)"
+    files = {p.name: p.read_bytes() for p in (hf_dir / "data").iterdir()}
     assert meta["configs"] == [
         {
             "config_name": "default",
-            "data_files": [
-                {"split": "train", "path": "data/train-00000-of-00001.parquet"},
-                {"split": "validation", "path": "data/validation-00000-of-00001.parquet"},
-            ],
+            "data_files": [{"split": split, "path": f"data/{name}"} for name in sorted(files) for split in
+                           [name.partition("-")[0]]],
         }
-    ]
-    for split in meta["configs"][0]["data_files"]:
-        assert (hf_dir / split["path"]).is_file()
+    ]  # fmt: skip
+    assert [split["split"] for split in meta["configs"][0]["data_files"]] == ["train", "validation"]
+    for name, data in files.items():  # data/SPLIT-00000-of-00001-SHA256[:16].parquet
+        split = name.partition("-")[0]
+        assert name == f"{split}-00000-of-00001-{hashlib.sha256(data).hexdigest()[:16]}.parquet"
 
 
 def test_card_body_says_how_the_run_was_made(hf_dir, run_dir, fast):
@@ -277,9 +279,8 @@ def test_plain_file_card_says_what_the_file_was(alpaca_file, tmp_path):
     assert result.stdout.strip() == f"exported 6 records as hf: train 6 (5 tasks) -> {out}"
     meta, body = card_parts(out)
     assert meta["license"] == "apache-2.0" and meta["tags"] == ["instruction-tuning"]
-    assert meta["configs"][0]["data_files"] == [
-        {"split": "train", "path": "data/train-00000-of-00001.parquet"}
-    ]
+    (train,) = (out / "data").iterdir()
+    assert meta["configs"][0]["data_files"] == [{"split": "train", "path": f"data/{train.name}"}]
     digest = hashlib.sha256(alpaca_file.read_bytes()).hexdigest()
     assert f"`alpaca.json` (sha256 `{digest}`)" in body
     assert "How they were generated is not recorded" in body
@@ -289,6 +290,19 @@ def test_plain_file_card_says_what_the_file_was(alpaca_file, tmp_path):
     assert set(ds) == {"train"}
     assert ds["train"].column_names == ["instruction", "input", "output", "id"]  # is_classification unknown
     assert ds["train"]["output"] == [r["output"] for r in ALPACA]
+
+
+def test_a_re_export_under_the_same_name_loads_the_new_rows(alpaca_file, tmp_path):
+    """datasets caches a folder whose card lists its files by the folder's name and those paths: the
+    file names carry the content's hash, so a re-export never loads the earlier export's rows."""
+    from datasets import load_dataset
+
+    name = f"re-export-{os.getpid()}"  # the cache is per folder name, across folders and sessions
+    for i, rows in enumerate((ALPACA[:3], ALPACA[3:])):
+        alpaca_file.write_text(json.dumps(rows))
+        out = tmp_path / str(i) / name
+        assert export(alpaca_file, "hf", out, "--val-fraction", "0").returncode == 0
+        assert load_dataset(str(out))["train"]["output"] == [r["output"] for r in rows]
 
 
 def test_chinese_data_is_tagged_zh(tmp_path):
@@ -528,3 +542,20 @@ def test_a_run_with_no_records_yet(tmp_path):
     (run / "config.json").write_text("{}")
     (run / "machine_instructions.jsonl").write_text("")
     assert_one_line_error(export(run, "hf", tmp_path / "out"), "holds no records yet — nothing to export")
+
+
+def test_a_write_that_fails_changes_nothing(run_dir, alpaca_file, tmp_path):
+    """A file-size limit stands in for a full disk: the earlier export stays, no temporary file is left."""
+    out = tmp_path / "hf"
+    assert export(alpaca_file, "hf", out, "--val-fraction", "0").returncode == 0
+    before = {p: p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    for fmt, target in (("hf", out), ("alpaca", tmp_path / "a.json")):
+        result = subprocess.run(
+            [sys.executable, "-m", "selfinstruct", "export", str(run_dir), "-f", fmt, "-o", str(target),
+             "--overwrite"],
+            capture_output=True, text=True, timeout=120,
+            preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_FSIZE, (3000, 3000)),
+        )  # fmt: skip
+        assert_one_line_error(result, f"{target}: cannot write (File too large)")
+    assert {p: p.read_bytes() for p in out.rglob("*") if p.is_file()} == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["alpaca.json", "hf"]
