@@ -1,4 +1,4 @@
-"""`python -m selfinstruct <command>`: run, seeds, dedup, train, models."""
+"""`python -m selfinstruct <command>`: run, seeds, dedup, train, report, export, models."""
 
 from __future__ import annotations
 
@@ -145,6 +145,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     report.set_defaults(func=cmd_report)
 
+    add_export_parser(commands)
+
     models = commands.add_parser("models", help="Manage the embedded default model.")
     models_cmds = models.add_subparsers(dest="models_command", required=True)
     prepare = models_cmds.add_parser("prepare", help="Download and convert the embedded model once.")
@@ -153,6 +155,47 @@ def build_parser() -> argparse.ArgumentParser:
     path = models_cmds.add_parser("path", help="Print the embedded model's cache folder.")
     path.set_defaults(func=cmd_models_path)
     return parser
+
+
+def add_export_parser(commands) -> None:
+    from selfinstruct.export import DEFAULT_LICENSE, DEFAULT_SEED, DEFAULT_VAL_FRACTION, FORMATS
+
+    export = commands.add_parser(
+        "export",
+        help="Write a run's data (or an instruction file) for trainers, or as a Hugging Face dataset.",
+        description="Formats: alpaca (JSON array of instruction/input/output), messages (chat JSONL for "
+        "trl), openai (OpenAI chat fine-tuning JSONL), sharegpt (LLaMA-Factory JSON array), parquet (one "
+        "table), hf (a folder with train/validation parquet splits and a README.md dataset card, ready for "
+        "`hf upload USER/NAME DIR --repo-type dataset`). See docs/export.md.",
+    )
+    export.add_argument("path", type=Path, help="Run directory, or Alpaca / dataset / seed / chat JSON(L).")
+    export.add_argument("--format", "-f", required=True, choices=FORMATS, help="Output format.")
+    export.add_argument("-o", "--output", type=Path, required=True, help="File to write (a folder for hf).")
+    export.add_argument(
+        "--val-fraction",
+        type=float,
+        help=f"hf: share of records held out as the validation split, whole tasks at a time "
+        f"(default {DEFAULT_VAL_FRACTION}; 0: train only).",
+    )
+    export.add_argument(
+        "--seed", type=int, help=f"hf: seed for drawing the validation tasks (default {DEFAULT_SEED})."
+    )
+    export.add_argument(
+        "--license", help=f"hf: license id for the card, e.g. apache-2.0 (default {DEFAULT_LICENSE})."
+    )
+    export.add_argument("--system", help="messages, openai, sharegpt: a system message before each record.")
+    export.add_argument("--overwrite", action="store_true", help="Replace an output that exists.")
+    export.set_defaults(func=cmd_export)
+    _one_line_errors(export)
+
+
+def _one_line_errors(parser: argparse.ArgumentParser) -> None:
+    """Usage errors (an unknown --format, a missing -o) as one line, like the command's other errors."""
+
+    def error(message: str):
+        parser.exit(2, f"error: {message} — see `{parser.prog} --help`\n")
+
+    parser.error = error
 
 
 def _url_list(value: str) -> list[str]:
@@ -201,6 +244,17 @@ def cmd_report(args: argparse.Namespace) -> int:
         f"output {t['avg_words']['output']}"
     )
     print(f"report -> {r.out_dir / 'report.html'} ({r.seconds:.1f} s)")
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from selfinstruct.export import export, summary
+
+    result = export(
+        args.path, args.format, args.output, val_fraction=args.val_fraction, seed=args.seed,
+        license=args.license, system=args.system, overwrite=args.overwrite,
+    )  # fmt: skip
+    print(summary(result))
     return 0
 
 

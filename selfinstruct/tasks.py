@@ -10,7 +10,7 @@ import tempfile
 import tomllib
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
@@ -258,16 +258,16 @@ def _first_error(exc: ValueError) -> str:
 
 
 @contextlib.contextmanager
-def atomic_file(path: Path) -> Iterator[TextIO]:
-    """A text file to write that replaces `path` only once it is written whole, so readers never
-    see half. A failure (disk full, I/O error, a signal) removes the temporary file and leaves
-    `path` as it was; an OSError becomes a StorageError naming `path`."""
+def atomic_file(path: Path, binary: bool = False) -> Iterator[Any]:
+    """A file to write (UTF-8 text, or bytes with `binary`) that replaces `path` only once it is
+    written whole, so readers never see half. A failure (disk full, I/O error, a signal) removes the
+    temporary file and leaves `path` as it was; an OSError becomes a StorageError naming `path`."""
     path = Path(path)
     tmp = None
     try:
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
         os.fchmod(fd, 0o666 & ~_UMASK)  # as open() would have made it, not mkstemp's 0600
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
+        with os.fdopen(fd, "wb") if binary else os.fdopen(fd, "w", encoding="utf-8") as f:
             yield f
         os.replace(tmp, path)
     except BaseException as exc:
