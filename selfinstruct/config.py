@@ -124,6 +124,9 @@ class RunConfig(_Section):
             self.tokenizer = default_tokenizer(seed_instructions)
 
 
+STAGES = ("instructions", "classification", "instances")
+
+
 def load_config(path: Path | None, overrides: dict[str, Any], flag_names: dict[str, str]) -> RunConfig:
     """Merge a TOML file and CLI overrides (dotted keys) and validate them in one place.
 
@@ -140,6 +143,9 @@ def load_config(path: Path | None, overrides: dict[str, Any], flag_names: dict[s
             if not isinstance(node, dict):  # e.g. `backend = "openai"` in the file and --model given
                 raise UserError(_not_a_table(path, key, node))
         node[leaf] = value
+    for stage in STAGES:  # a partial table keeps the stage's own defaults, not Sampling's
+        if isinstance(data.get(stage), dict):
+            data[stage] = RunConfig.model_fields[stage].default_factory().model_dump() | data[stage]
     try:
         return RunConfig.model_validate(data)
     except ValidationError as exc:

@@ -169,3 +169,16 @@ def test_config_that_is_a_directory_or_not_utf8_or_has_a_bom(tmp_path: Path):
         load_config(toml, {}, {})
     toml.write_text(BOM + "num_instructions = 5\n", encoding="utf-8")
     assert load_config(toml, {}, {}).num_instructions == 5
+
+
+def test_a_partial_stage_table_keeps_that_stages_defaults(tmp_path):
+    from selfinstruct.config import load_config
+
+    config = load_config(None, {"instructions.temperature": 0.5}, {})
+    assert config.instructions.temperature == 0.5
+    assert (config.instructions.presence_penalty, config.instructions.top_p) == (2.0, 0.5)
+    toml = tmp_path / "run.toml"
+    toml.write_text("[classification]\nmax_tokens = 4\n")
+    config = load_config(toml, {}, {})
+    assert config.classification.max_tokens == 4
+    assert (config.classification.temperature, config.classification.top_p) == (0.0, 1.0)
