@@ -164,6 +164,8 @@ def _parser_name() -> str:
 
 
 def _processes(distinct: int, processes: int | None) -> int:
+    if "fork" not in multiprocessing.get_all_start_methods():
+        return 1  # workers inherit the loaded modules by fork; elsewhere parse in this process
     if processes is not None:
         return max(1, min(processes, distinct))
     return max(1, min(os.cpu_count() or 1, distinct // MIN_PER_WORKER))
