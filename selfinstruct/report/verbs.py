@@ -19,6 +19,8 @@ import ctypes
 import math
 import multiprocessing
 import os
+import signal
+import sys
 from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager, nullcontext
@@ -33,6 +35,7 @@ NOUNS = {"NOUN", "PROPN"}
 CHUNK = 1000  # texts per task sent to a worker
 BATCH = 256  # nlp.pipe batch size; larger batches were slower
 MIN_PER_WORKER = 1500  # fewer distinct texts per worker than this: loading the pipeline costs more
+PR_SET_PDEATHSIG = 1  # prctl(2): the signal a process gets when its parent dies
 
 Pair = tuple[str, str]
 
@@ -180,7 +183,10 @@ def _parse(texts: list[str], processes: int) -> list[Pair | None]:
     chunks = [texts[i : i + size] for i in range(0, len(texts), size)]
     context = multiprocessing.get_context("fork")
     with context.Pool(min(processes, len(chunks)), initializer=_init_worker) as pool:
-        return [pair for chunk in pool.imap(_worker_pairs, chunks) for pair in chunk]
+        pairs = [pair for chunk in pool.imap(_worker_pairs, chunks) for pair in chunk]
+        pool.close()  # let the workers end; leaving the block early terminates them (SIGTERM)
+        pool.join()
+    return pairs
 
 
 class _Parser:
@@ -288,8 +294,18 @@ _worker: Any = None  # a worker process's _Parser, or the UserError that loading
 
 
 def _init_worker() -> None:
-    """Load the pipeline once per worker; a failure is raised by the first task, not retried forever."""
+    """Load the pipeline once per worker; a failure is raised by the first task, not retried forever.
+
+    The parent's signal handlers (the CLI's clean stop) are not the worker's: Ctrl-C reaches the
+    parent, which ends the pool; the pool ends a worker with SIGTERM, and so does Linux when the
+    parent dies without ending it.
+    """
     global _worker
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    for sig in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, signal.SIG_DFL)
+    if sys.platform.startswith("linux"):
+        ctypes.CDLL(None).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
     try:
         _worker = _Parser(fast_blas=bool(_hold_blas_threads(1)))
     except UserError as exc:
