@@ -102,7 +102,7 @@ def fast_run(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("fast") / "run"
     with FastEndpoint(seed=4, items=5) as endpoint:
         result = selfinstruct(
-            "run", "--backend", "openai", "--base-url", endpoint.base_url, "--model", "fast-model",
+            "run", "--backend", "openai", "--base-url", endpoint.url, "--model", "fast-model",
             "-n", "120", "-o", str(out), "--seed", "2", "--no-progress",
         )  # fmt: skip
     assert result.returncode == 0, result.stderr[-2000:]
@@ -243,7 +243,7 @@ def test_report_of_chinese_data_says_there_is_no_parser(tmp_path: Path):
     assert report["verb_noun"]["coverage"] is None and report["verb_noun"]["top"] == []
     assert "zh" in report["verb_noun"]["note"]
     assert report["rouge_to_seed"]["tokenizer"] == "unicode"
-    assert "no dependency parser" in (tmp_path / "r" / "report.html").read_text()
+    assert "No dependency parser is installed" in (tmp_path / "r" / "report.html").read_text()
 
 
 # The real embedded model ---------------------------------------------------------------------------

@@ -107,8 +107,15 @@ def _verbs(verb_noun: dict[str, Any]) -> str:
         f"(the paper: 26,559 of 52,445, 50.6%). {escape(verb_noun['note'])}</p>"
     )
     if verb_noun["top"]:
-        out += plots.sunburst(verb_noun["verbs"], verb_noun["top"])
-        out += _table(["verb", "noun", "instructions"], verb_noun["top"])
+        nouns: dict[str, list[str]] = {}
+        for verb, noun, count in verb_noun["top"]:
+            nouns.setdefault(verb, []).append(f"{noun} ({count:,})")
+        width = max(len(v) for v in nouns.values())
+        rows = [[verb, total, *nouns.get(verb, []), *[""] * (width - len(nouns.get(verb, [])))]
+                for verb, total in verb_noun["verbs"]]  # fmt: skip
+        header = ["verb", "with an object", *[f"noun {i + 1}" for i in range(width)]]
+        out += f"<div class='figs'><div>{plots.sunburst(verb_noun['verbs'], verb_noun['top'])}</div>"
+        out += f"<div>{_table(header, rows)}</div></div>"
     return out
 
 

