@@ -3,7 +3,6 @@
 import itertools
 import json
 from collections import Counter
-from pathlib import Path
 
 import pytest
 
@@ -13,7 +12,6 @@ from selfinstruct.report.verbs import VerbNoun, rank, verb_noun, verb_object
 
 spacy = pytest.importorskip("spacy")
 
-ALPACA = Path(__file__).resolve().parents[2] / "shared" / "data" / "alpaca_data_52k.json"
 
 PAIRS = {
     "Give three tips for staying healthy.": ("give", "tip"),
@@ -150,15 +148,3 @@ def test_worker_pool_and_in_process_give_the_same_result():
     in_process = verb_noun(texts, "en", processes=1)
     assert in_process.pairs > 200
     assert verb_noun(texts, "en", processes=2) == in_process
-
-
-def test_alpaca_52k():
-    if not ALPACA.exists():
-        pytest.skip(f"{ALPACA} is absent")
-    instructions = [row["instruction"] for row in json.loads(ALPACA.read_text())]
-    result = verb_noun(instructions, "en")
-    assert result.parsed == 52002
-    assert 0.75 < result.coverage < 0.78
-    assert [v for v, _ in result.verbs[:4]] == ["generate", "create", "write", "describe"]
-    assert result.top[0][:2] == ("generate", "list")
-    assert len(result.verbs) == 20 and len(result.top) == 80
