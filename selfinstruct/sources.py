@@ -24,7 +24,7 @@ import pandas as pd
 
 from selfinstruct.errors import UserError
 from selfinstruct.records import read_run_file, read_stats
-from selfinstruct.tasks import json_rows, read_text
+from selfinstruct.tasks import read_json_rows, read_text
 
 RECORD_COLUMNS = ["id", "task", "instruction", "input", "output", "is_classification"]
 RUN_MARKERS = ("config.json", "machine_instructions.jsonl")
@@ -116,16 +116,13 @@ def _dicts(run_dir: Path, name: str) -> list[dict[str, Any]]:
 
 # Instruction files -----------------------------------------------------------------------------
 def _load_file(path: Path) -> Source:
-    text = read_text(
+    rows = read_json_rows(
         path,
+        "the file",
+        "record",
         "not found — pass a run directory or an instruction file (JSON or JSONL)",
         "not UTF-8 text — instruction files are JSON or JSONL",
     )
-    if not text.strip():
-        raise UserError(f"{path}: the file is empty — it needs at least one record")
-    rows = json_rows(path, text)
-    if not rows:
-        raise UserError(f"{path}: the file holds no records")
     layouts: set[str] = set()
     records: list[dict[str, Any]] = []
     for n, (where, row) in enumerate(rows):

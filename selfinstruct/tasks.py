@@ -41,18 +41,14 @@ class SeedTask(BaseModel):
 def load_seeds_located(path: Path) -> list[tuple[str, SeedTask]]:
     """Seed tasks with where each one is written ('FILE:LINE' or 'FILE: item N'), for messages."""
     path = Path(path)
-    text = read_text(
+    rows = read_json_rows(
         path,
+        "seed file",
+        "task",
         "seed file not found — pass --seeds with an existing file",
         "not UTF-8 text — seed files are JSON or JSONL",
     )
-    if not text.strip():
-        raise UserError(f"{path}: seed file is empty — it needs at least one task")
-    rows = json_rows(path, text)
-    tasks = [(where, _to_task(where, i, row)) for i, (where, row) in enumerate(rows)]
-    if not tasks:
-        raise UserError(f"{path}: seed file holds no tasks")
-    return tasks
+    return [(where, _to_task(where, i, row)) for i, (where, row) in enumerate(rows)]
 
 
 def load_seeds(path: Path) -> list[SeedTask]:
@@ -87,6 +83,18 @@ def read_toml(path: Path, not_found: str) -> dict[str, Any]:
         raise UserError(f"{path}: not valid TOML: {exc}") from None
     except RecursionError:
         raise UserError(f"{path}: not valid TOML: arrays or tables nested too deeply") from None
+
+
+def read_json_rows(path: Path, what: str, unit: str, not_found: str, not_text: str) -> list[tuple[str, Any]]:
+    """The records of a JSON or JSONL file (see json_rows), with one-line errors naming the file
+    ('{what} is empty — it needs at least one {unit}', '{what} holds no {unit}s') when there are none."""
+    text = read_text(path, not_found, not_text)
+    if not text.strip():
+        raise UserError(f"{path}: {what} is empty — it needs at least one {unit}")
+    rows = json_rows(path, text)
+    if not rows:
+        raise UserError(f"{path}: {what} holds no {unit}s")
+    return rows
 
 
 TOO_DEEP = "JSON nested too deeply to read — records are flat objects of text fields; check the file"

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from selfinstruct.errors import UserError
-from selfinstruct.tasks import json_rows, read_text
+from selfinstruct.tasks import read_json_rows
 
 Message = dict[str, str]
 ROLES = ("system", "user", "assistant")
@@ -31,16 +31,13 @@ PLAIN_HEADERS = {"user": "### Instruction:\n", "assistant": "### Response:\n"}
 def load_conversations(path: Path) -> list[list[Message]]:
     """Read a data file into one message list per record; every problem is a UserError naming the place."""
     path = Path(path)
-    text = read_text(
+    rows = read_json_rows(
         path,
+        "data file",
+        "record",
         "data file not found — pass --data with e.g. a run's dataset.jsonl",
         "not UTF-8 text — training data is JSON or JSONL",
     )
-    if not text.strip():
-        raise UserError(f"{path}: data file is empty — it needs at least one record")
-    rows = json_rows(path, text)
-    if not rows:
-        raise UserError(f"{path}: data file holds no records")
     return [to_messages(where, row) for where, row in rows]
 
 
