@@ -340,7 +340,7 @@ def summary(result: ExportResult) -> str:
     """The one line the command prints."""
     if result.format == "hf":
         parts = ", ".join(
-            f"{name} {n:,} ({result.tasks[name]:,} tasks)" for name, n in result.splits.items()
+            f"{name} {n:,} ({_count(result.tasks[name], 'task')})" for name, n in result.splits.items()
         )  # fmt: skip
         line = f"exported {sum(result.splits.values()):,} records as hf: {parts} -> {result.out}"
     else:
@@ -348,3 +348,7 @@ def summary(result: ExportResult) -> str:
     if result.left_out:
         line += f" ({result.left_out:,} with an empty output left out)"
     return line
+
+
+def _count(n: int, noun: str) -> str:
+    return f"{n:,} {noun}{'' if n == 1 else 's'}"
