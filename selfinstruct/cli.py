@@ -237,8 +237,9 @@ def cmd_report(args: argparse.Namespace) -> int:
     r = build_report(args.path, args.output_dir, args.seeds, args.sample, args.seed, args.overwrite)
     t = r.report
     clf = t["classification_instructions"]
+    kinds = "classification not recorded" if clf is None else f"{clf:,} classification"
     print(
-        f"{t['instructions']:,} instructions ({'?' if clf is None else f'{clf:,}'} classification), "
+        f"{t['instructions']:,} instructions ({kinds}), "
         f"{t['instances']:,} instances ({t['empty_input_instances']:,} with empty input); average words: "
         f"instruction {t['avg_words']['instruction']}, input {t['avg_words']['input_nonempty']}, "
         f"output {t['avg_words']['output']}"
