@@ -9,34 +9,11 @@ import sys
 from pathlib import Path
 
 from selfinstruct import __version__, interrupts
+from selfinstruct.config import RunConfig
 from selfinstruct.errors import UserError
+from selfinstruct.flags import add_config_flags, given_settings
 
 log = logging.getLogger("selfinstruct")
-
-# CLI flag -> dotted config key. Only flags the user gives override the config file.
-RUN_FLAGS = {
-    "seeds": "seeds",
-    "output_dir": "output_dir",
-    "num_instructions": "num_instructions",
-    "concurrency": "concurrency",
-    "seed": "seed",
-    "rouge_threshold": "rouge_threshold",
-    "filters": "filters",
-    "language": "language",
-    "tokenizer": "tokenizer",
-    "max_requests": "max_requests",
-    "temperature": "instructions.temperature",
-    "top_p": "instructions.top_p",
-    "max_tokens": "instructions.max_tokens",
-    "presence_penalty": "instructions.presence_penalty",
-    "backend": "backend.kind",
-    "model": "backend.model",
-    "base_url": "backend.base_urls",
-    "api": "backend.api",
-    "timeout": "backend.timeout",
-    "max_attempts": "backend.max_attempts",
-    "server_arg": "backend.server_args",
-}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -46,51 +23,8 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
 
     run = commands.add_parser("run", help="Generate an instruction dataset from seed tasks.")
-    S = argparse.SUPPRESS
     run.add_argument("--config", type=Path, help="TOML file with settings (flags override it).")
-    run.add_argument("--seeds", type=Path, default=S, help="Seed tasks (default: seeds/en.jsonl).")
-    run.add_argument(
-        "--output-dir", "-o", type=Path, default=S, help="Run directory (default: outputs/run-<time>)."
-    )
-    run.add_argument(
-        "--num-instructions", "-n", type=int, default=S, help="Instructions to accept (default 20)."
-    )
-    run.add_argument("--concurrency", type=int, default=S, help="Requests in flight (default 16).")
-    run.add_argument("--seed", type=int, default=S, help="Seed for reproducible sampling.")
-    run.add_argument(
-        "--rouge-threshold", type=float, default=S, help="ROUGE-L novelty threshold (default 0.7)."
-    )
-    run.add_argument(
-        "--filters", type=Path, default=S, help="Heuristic rules TOML (default filters/default.toml)."
-    )
-    run.add_argument(
-        "--language",
-        choices=["auto", "en", "zh"],
-        default=S,
-        help="Prompt language (default: the seeds').",
-    )
-    run.add_argument(
-        "--tokenizer",
-        choices=["auto", "rouge", "unicode"],
-        default=S,
-        help="ROUGE-L tokenizer (default: rouge_score's for plain Latin text, else Unicode).",
-    )
-    run.add_argument("--max-requests", type=int, default=S, help="Bootstrap request budget.")
-    run.add_argument("--temperature", type=float, default=S, help="Instruction sampling temperature (0.7).")
-    run.add_argument("--top-p", type=float, default=S, help="Instruction sampling top_p (0.5).")
-    run.add_argument("--max-tokens", type=int, default=S, help="Max tokens per instruction request (1024).")
-    run.add_argument("--presence-penalty", type=float, default=S, help="Instruction presence penalty (2.0).")
-    run.add_argument("--backend", choices=["embedded", "vllm", "openai"], default=S, help="Model backend.")
-    run.add_argument("--model", default=S, help="Model path/id (vllm) or served name (openai).")
-    run.add_argument(
-        "--base-url", type=_url_list, default=S, help="Endpoint URL(s), comma-separated (openai)."
-    )
-    run.add_argument("--api", choices=["completions", "chat"], default=S, help="Generation endpoint.")
-    run.add_argument("--timeout", type=float, default=S, help="Seconds per request (300).")
-    run.add_argument("--max-attempts", type=int, default=S, help="Tries per request on transient errors (6).")
-    run.add_argument(
-        "--server-arg", action="append", default=S, help="Extra vLLM server argument (repeatable)."
-    )
+    add_config_flags(run, RunConfig, "--config")
     run.add_argument("--no-progress", action="store_true", help="Hide the progress bar.")
     run.add_argument(
         "--allow-changed-settings",
@@ -198,16 +132,10 @@ def _one_line_errors(parser: argparse.ArgumentParser) -> None:
     parser.error = error
 
 
-def _url_list(value: str) -> list[str]:
-    return [u.strip() for u in value.split(",") if u.strip()]
-
-
 def cmd_run(args: argparse.Namespace) -> int:
     from selfinstruct.runner import run
 
-    given = {flag: getattr(args, flag) for flag in RUN_FLAGS if hasattr(args, flag)}
-    overrides = {RUN_FLAGS[flag]: value for flag, value in given.items()}
-    flag_names = {RUN_FLAGS[flag]: "--" + flag.replace("_", "-") for flag in given}
+    overrides, flag_names = given_settings(args)
     return run(
         args.config,
         overrides,

@@ -1,9 +1,13 @@
-"""Every setting of a run, in one place: pydantic models, read from TOML, overridden from the CLI."""
+"""Every setting of a run, in one place: pydantic models, read from TOML, overridden from the CLI.
+
+The `run` command's flags are derived from these models (see flags.py): a new field is a new flag,
+with its description as the help; `Flag(...)` beside a field spells its flag differently.
+"""
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
@@ -11,6 +15,7 @@ from selfinstruct import tasks
 from selfinstruct.errors import UserError
 from selfinstruct.filters.tokenizers import default_tokenizer, detect_language
 from selfinstruct.fingerprints import input_hashes
+from selfinstruct.flags import Flag, FlagGroup
 from selfinstruct.resources import resource_path
 
 
@@ -31,7 +36,7 @@ class Sampling(_Section):
 class Backend(_Section):
     """Where the model runs and how it is reached."""
 
-    kind: Literal["embedded", "vllm", "openai"] = Field(
+    kind: Annotated[Literal["embedded", "vllm", "openai"], Flag("backend")] = Field(
         "embedded",
         description="embedded: the bundled CPU model on a vLLM server the run starts; "
         "vllm: a vLLM server the run starts for `model`; openai: an existing endpoint.",
@@ -40,7 +45,7 @@ class Backend(_Section):
         None,
         description="Model name or path (vllm), or served model name (openai; default: the first listed).",
     )
-    base_urls: list[str] = Field(
+    base_urls: Annotated[list[str], Flag("base-url", split=",")] = Field(
         default_factory=list, description="OpenAI-compatible base URLs (openai backend), used round robin."
     )
     api: Literal["completions", "chat"] = Field(
@@ -49,7 +54,7 @@ class Backend(_Section):
     timeout: float = Field(300.0, gt=0, description="Seconds to wait for one response.")
     max_attempts: int = Field(6, ge=1, description="Tries per request on transient errors.")
     startup_timeout: float = Field(900.0, gt=0, description="Seconds to wait for a started server.")
-    server_args: list[str] = Field(
+    server_args: Annotated[list[str], Flag("server-arg")] = Field(
         default_factory=list, description="Extra command-line arguments for a vLLM server the run starts."
     )
 
@@ -61,8 +66,12 @@ class RunConfig(_Section):
         default_factory=lambda: resource_path("seeds/en.jsonl"),
         description="Seed tasks: Self-Instruct seed JSONL, or Alpaca JSON/JSONL.",
     )
-    output_dir: Path | None = Field(None, description="Run directory (default: outputs/run-<time>).")
-    num_instructions: int = Field(20, gt=0, description="Accepted machine instructions to generate.")
+    output_dir: Annotated[Path | None, Flag(short="-o")] = Field(
+        None, description="Run directory (default: outputs/run-<time>)."
+    )
+    num_instructions: Annotated[int, Flag(short="-n")] = Field(
+        20, gt=0, description="Accepted machine instructions to generate."
+    )
     concurrency: int = Field(16, ge=1, description="Requests in flight at once.")
     seed: int | None = Field(
         None, description="Seed for demo sampling, and the engine seed of a server the run starts."
@@ -86,7 +95,7 @@ class RunConfig(_Section):
     )
     filters: Path = Field(
         default_factory=lambda: resource_path("filters/default.toml"),
-        description="Heuristic filter rules (TOML).",
+        description="Heuristic filter rules, a TOML file.",
     )
     max_instances: int = Field(5, ge=1, description="Most instances kept per task.")
     near_duplicate_threshold: float = Field(
@@ -98,7 +107,7 @@ class RunConfig(_Section):
     max_requests: int | None = Field(
         None, ge=1, description="Stop bootstrapping after this many requests (default: 50 + 20 per target)."
     )
-    instructions: Sampling = Field(
+    instructions: Annotated[Sampling, FlagGroup()] = Field(
         default_factory=lambda: Sampling(temperature=0.7, top_p=0.5, max_tokens=1024, presence_penalty=2.0),
         description="Sampling for instruction generation.",
     )
@@ -110,7 +119,7 @@ class RunConfig(_Section):
         default_factory=lambda: Sampling(temperature=0.0, top_p=1.0, max_tokens=300),
         description="Sampling for instance generation.",
     )
-    backend: Backend = Field(default_factory=Backend, description="Model endpoint.")
+    backend: Annotated[Backend, FlagGroup()] = Field(default_factory=Backend, description="Model endpoint.")
 
     @property
     def request_budget(self) -> int:

@@ -288,12 +288,12 @@ def run_command(config: dict[str, Any]) -> tuple[str, str]:
     become file names; base URLs become `URL`; a seed or rules file with the content of the
     project's default is left to the default.
     """
-    from selfinstruct.cli import RUN_FLAGS
     from selfinstruct.config import RunConfig
+    from selfinstruct.flags import config_flags
 
     default_config = RunConfig().model_dump(mode="json")
     defaults = _flatten(default_config)
-    flag_of = {key: "--" + flag.replace("_", "-") for flag, key in RUN_FLAGS.items()}
+    flag_of = {flag.key: flag.name for flag in config_flags(RunConfig)}
     args = ["python", "-m", "selfinstruct", "run"]
     toml: dict[str, Any] = {}
     always = ("num_instructions", "language", "tokenizer")

@@ -13,3 +13,11 @@ def resource_path(relative: str) -> Path:
         if candidate.exists():
             return candidate
     return _REPO_ROOT / relative
+
+
+def shipped_name(path: Path) -> str:
+    """A path under the shipped files' roots as resource_path takes it (seeds/en.jsonl), else as it is."""
+    for root in (_REPO_ROOT, _PACKAGED):
+        if path.is_relative_to(root):
+            return path.relative_to(root).as_posix()
+    return str(path)
