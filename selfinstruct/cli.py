@@ -77,6 +77,7 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument(
         "--overwrite", action="store_true", help="Replace an earlier report in the directory."
     )
+    report.add_argument("--no-progress", action="store_true", help="Hide the progress bar.")
     report.set_defaults(func=cmd_report)
 
     add_export_parser(commands)
@@ -162,7 +163,10 @@ def cmd_dedup(args: argparse.Namespace) -> int:
 def cmd_report(args: argparse.Namespace) -> int:
     from selfinstruct.report import build_report
 
-    r = build_report(args.path, args.output_dir, args.seeds, args.sample, args.seed, args.overwrite)
+    r = build_report(
+        args.path, args.output_dir, args.seeds, args.sample, args.seed, args.overwrite,
+        progress=not args.no_progress,
+    )  # fmt: skip
     t = r.report
     clf = t["classification_instructions"]
     kinds = "classification not recorded" if clf is None else f"{clf:,} classification"

