@@ -32,10 +32,6 @@ FORMATS = ("alpaca", "messages", "sharegpt", "openai", "parquet", "hf")
 CHAT_FORMATS = ("messages", "sharegpt", "openai")
 SHAREGPT_ROLES = {"user": "human", "assistant": "gpt"}  # LLaMA-Factory's default tags
 HF_ENTRIES = {"README.md", "data"}  # all an exported folder holds: --overwrite replaces only such a folder
-RUN_FILES = {  # a run's own files: never an output, whatever --overwrite says
-    "config.json", "stats.json", "dataset.jsonl", "machine_instructions.jsonl", "rejected.jsonl",
-    "classification.jsonl", "instances.jsonl", "responses.jsonl",
-}  # fmt: skip
 DEFAULT_VAL_FRACTION = 0.05
 DEFAULT_SEED = 0
 DEFAULT_LICENSE = "unknown"
@@ -221,10 +217,13 @@ def _check_out(out: Path, fmt: str, overwrite: bool) -> None:
 
 
 def _refuse_own_input(source, out: Path) -> None:
+    from selfinstruct.records import RUN_FILES
+
     if not out.exists():
         return
+    run_files = {"config.json", *RUN_FILES}  # a run's own files: never an output, whatever --overwrite says
     own = out.samefile(source.path) or (
-        source.is_run and out.name in RUN_FILES and out.parent.samefile(source.path)
+        source.is_run and out.name in run_files and out.parent.samefile(source.path)
     )
     if own:
         raise UserError(f"{out}: is what the export reads — pass -o with a new path; nothing was changed")

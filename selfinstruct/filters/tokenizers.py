@@ -23,6 +23,8 @@ CJK_CHAR = regex.compile(rf"[{_CJK}]")
 
 def count_words(text: str) -> int:
     """Whitespace-separated words, each CJK character counting as one (Chinese has no spaces)."""
+    if text.isascii():
+        return len(text.split())
     return len(CJK_CHAR.findall(text)) + len(CJK_CHAR.sub(" ", text).split())
 
 

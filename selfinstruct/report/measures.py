@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 
 from selfinstruct.filters.rouge_index import RougeIndex
-from selfinstruct.filters.tokenizers import CJK_CHAR, TOKENIZERS, default_tokenizer
+from selfinstruct.filters.tokenizers import TOKENIZERS, count_words, default_tokenizer
 from selfinstruct.sources import Source
 
 # Self-Instruct (Wang et al., 2022), Table 1: statistics of the generated data (GPT-3 davinci).
@@ -32,13 +32,12 @@ REVIEW_COLUMNS = ["valid_instruction", "appropriate_input", "correct_output", "a
 
 def word_counts(texts: pd.Series) -> np.ndarray:
     """Words per text (see WORDS_NOTE)."""
-    return np.fromiter(map(_words, texts), dtype=np.int64, count=len(texts))
+    return np.fromiter(map(count_words, texts), dtype=np.int64, count=len(texts))
 
 
-def _words(text: str) -> int:
-    if text.isascii():
-        return len(text.split())
-    return len(CJK_CHAR.findall(text)) + len(CJK_CHAR.sub(" ", text).split())
+def nonempty_inputs(source: Source) -> pd.Series:
+    inputs = source.records["input"]
+    return inputs[inputs.str.strip() != ""]
 
 
 def table1(source: Source) -> dict[str, Any]:
@@ -47,8 +46,7 @@ def table1(source: Source) -> dict[str, Any]:
     input, and average words of instructions, non-empty inputs and outputs."""
     records, instructions = source.records, source.instructions
     flags = instructions["is_classification"]
-    inputs = records["input"]
-    nonempty = inputs[inputs.str.strip() != ""]
+    nonempty = nonempty_inputs(source)
     return {
         "instructions": len(instructions),
         "classification_instructions": int(flags.eq(True).sum()) if flags.notna().all() else None,
@@ -142,10 +140,9 @@ def rouge_to_seed(instructions: list[str], seeds: list[str], bins: int = 20) -> 
 def length_histograms(source: Source, bins: int = 30) -> dict[str, Any]:
     """Word-count histograms of instructions, non-empty inputs and outputs (the paper's Fig. 5);
     the last bin also holds everything longer than the 99th percentile."""
-    inputs = source.records["input"]
     columns = {
         "instruction": source.instructions["instruction"],
-        "input_nonempty": inputs[inputs.str.strip() != ""],
+        "input_nonempty": nonempty_inputs(source),
         "output": source.records["output"],
     }
     out = {}
