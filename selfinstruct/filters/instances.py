@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import operator
 import re
 from collections import Counter, defaultdict
 
@@ -81,36 +82,27 @@ class NearDuplicateRecords:
         self.lsh = MinHashLSH(threshold=threshold, num_perm=num_perm)
         self.num_perm = num_perm
         self._task_of: dict[str, str] = {}
-        # One sketch, cleared for each record: the index keeps band hashes, not the sketches.
-        self._sketch = MinHash(num_perm=num_perm, hashfunc=self._hash)
-        self._hashes: dict[bytes, int] = {}  # datasketch's sha1_hash32 of recent shingles
-        self._instruction: tuple[str, list[str], list[bytes]] = ("", [], [])  # the last task's, hashed
+        # One sketch, cleared for each record: the index keeps band hashes, not the sketches. It
+        # takes shingles already hashed with datasketch's default (sha1_hash32), each once.
+        self._sketch = MinHash(num_perm=num_perm, hashfunc=operator.index)
+        self._instruction: tuple[str, list[str], set[int]] = ("", [], set())  # the last task's
 
     def _minhash(self, instruction: str, input: str) -> MinHash | None:
         """The sketch of the unigrams and bigrams of instruction + newline + input. The records of
-        one task share their instruction: its shingles are built once."""
-        if self._instruction[0] != instruction or not self._instruction[1]:
+        one task share their instruction: its shingles are hashed once."""
+        if self._instruction[0] != instruction:
             tokens = unicode_tokens(instruction)
-            self._instruction = (instruction, tokens, [s.encode() for s in _shingles(tokens)])
-        _, head, head_shingles = self._instruction
+            self._instruction = (instruction, tokens, _hashed(_shingles(tokens)))
+        _, head, hashed = self._instruction
         tail = unicode_tokens(input)
-        joint = [f"{head[-1]} {tail[0]}"] if head and tail else []
-        shingles = set(head_shingles) | {s.encode() for s in _shingles(tail) + joint}
-        if not shingles:
+        shingles = _shingles(tail) + ([f"{head[-1]} {tail[0]}"] if head and tail else [])
+        values = hashed.union(_hashed(shingles))
+        if not values:
             return None
         m = self._sketch
         m.clear()
-        m.update_batch(shingles)
+        m.update_batch(values)
         return m
-
-    def _hash(self, shingle: bytes) -> int:
-        """datasketch's default hash, remembered: a task's records repeat its instruction's shingles."""
-        value = self._hashes.get(shingle)
-        if value is None:
-            if len(self._hashes) > 100_000:
-                self._hashes.clear()
-            value = self._hashes[shingle] = sha1_hash32(shingle)
-        return value
 
     def is_duplicate(self, key: str, task_id: str, instruction: str, input: str) -> bool:
         """Check one record; a record that is kept is remembered for the ones after it."""
@@ -122,6 +114,10 @@ class NearDuplicateRecords:
         self.lsh.insert(key, m)
         self._task_of[key] = task_id
         return False
+
+
+def _hashed(shingles: list[str]) -> set[int]:
+    return {sha1_hash32(s.encode()) for s in shingles}
 
 
 def _shingles(tokens: list[str]) -> list[str]:
