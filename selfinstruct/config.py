@@ -46,7 +46,9 @@ class Backend(_Section):
         description="Model name or path (vllm), or served model name (openai; default: the first listed).",
     )
     base_urls: Annotated[list[str], Flag("base-url", split=",")] = Field(
-        default_factory=list, description="OpenAI-compatible base URLs (openai backend), used round robin."
+        default_factory=list,
+        description="OpenAI-compatible base URLs (openai backend); each request goes to the one with the "
+        "fewest in flight, and one that stops answering is left out until it answers again.",
     )
     api: Literal["completions", "chat"] = Field(
         "completions", description="Endpoint for generation; the paper's prompts use completions."

@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
 import random
+import time
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
@@ -142,6 +144,7 @@ class Pipeline:
         )
         self._dataset_ids = {r["id"] for r in self.files.prior["dataset"]}
         self._surplus: list[asyncio.Future] = []  # instruction requests past the target
+        self._stats_saved = -math.inf
 
     async def run(self) -> RunStats:
         try:
@@ -168,8 +171,14 @@ class Pipeline:
             self.files.close()
         return self.stats
 
-    def save_stats(self) -> None:
+    def save_stats(self, at_most_every: float = 0.0) -> None:
+        """Write stats.json; with `at_most_every`, skip it when it was written less than that many
+        seconds ago (the counts are rebuilt from the run files on resume: nothing depends on it)."""
+        now = time.monotonic()
+        if now - self._stats_saved < at_most_every:
+            return
         write_json_atomic(self.files.dir / "stats.json", self.stats.to_dict())
+        self._stats_saved = now
 
     async def ask(
         self, stage: str, index: str, prompt: str, sampling: Sampling, stop: list[str] | None
@@ -277,7 +286,7 @@ class Pipeline:
             self._join_pool(task)
             self.stats.accepted += 1
             self.progress.advance()
-        self.save_stats()
+        self.save_stats(at_most_every=1.0)
         return decided
 
     def _join_pool(self, task: MachineTask) -> None:

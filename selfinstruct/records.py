@@ -221,6 +221,23 @@ class TokenCounts(_Record):
     completion: NonNegativeInt = Field(description="Generated tokens.")
 
 
+class EndpointCounts(_Record):
+    """stats.json `endpoints`: one endpoint's share of the requests, and its failures."""
+
+    requests: NonNegativeInt = Field(
+        description="Prompts sent to it, retries included (a completions request may carry several)."
+    )
+    failures: dict[str, NonNegativeInt] = Field(
+        description="Requests that failed, by kind (connection, timeout, http_503, invalid_body, ...)."
+    )
+    prompt_tokens: NonNegativeInt = Field(description="Prompt tokens of its answers.")
+    completion_tokens: NonNegativeInt = Field(description="Generated tokens of its answers.")
+    times_down: NonNegativeInt = Field(
+        description="Times it was taken out of rotation: a refused or reset connection, server errors "
+        "or timeouts in a row, or no answer to the start-up check."
+    )
+
+
 class Stats(_Record):
     """stats.json: the counts of a run, written by `selfinstruct.stats.RunStats.to_dict`.
 
@@ -253,6 +270,11 @@ class Stats(_Record):
     wall_seconds: NonNegativeFloat = Field(description="Wall time of all runs of the directory, in seconds.")
     completion_tokens_per_second: NonNegativeFloat = Field(
         description="Generated tokens per second of wall time."
+    )
+    endpoints: dict[str, EndpointCounts] = Field(
+        default_factory=dict,
+        description="Counts per endpoint base URL, as given (--base-url or the started server's); "
+        "empty in a stats.json written before they were counted.",
     )
 
 

@@ -257,6 +257,7 @@ async def _generate(
         pipeline = Pipeline(config, client, seeds, heuristics, run_dir, progress=progress)
         client.retries.update(pipeline.stats.retries)  # counts of earlier runs of this directory
         pipeline.stats.retries = client.retries
+        pipeline.stats.endpoints = client.pool.carry(pipeline.stats.endpoints)
         return await pipeline.run()
     except EndpointError:
         if endpoint.server is not None:

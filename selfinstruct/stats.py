@@ -13,7 +13,7 @@ from pydantic import BaseModel, NonNegativeFloat, NonNegativeInt, ValidationErro
 
 from selfinstruct.errors import first_error
 from selfinstruct.prompts import parse_classification
-from selfinstruct.records import InstanceCounts, InstructionCounts, Stats, TokenCounts
+from selfinstruct.records import EndpointCounts, InstanceCounts, InstructionCounts, Stats, TokenCounts
 
 log = logging.getLogger(__name__)
 
@@ -23,13 +23,14 @@ class _Carried(BaseModel):
     rebuilt from the run files."""
 
     retries: dict[str, NonNegativeInt] = {}
+    endpoints: dict[str, EndpointCounts] = {}
     wall_seconds: NonNegativeFloat = 0.0
     resumes: NonNegativeInt = 0
 
 
 def _read_carried(path: Path) -> _Carried:
-    """stats.json's retries, wall time and resume count; zero, with a warning, when a hand edit
-    broke the file: they are counts to report, nothing the data depends on."""
+    """stats.json's retries, endpoint counts, wall time and resume count; zero, with a warning, when
+    a hand edit broke the file: they are counts to report, nothing the data depends on."""
     try:
         carried = _Carried.model_validate(json.loads(path.read_text(encoding="utf-8")))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
@@ -39,7 +40,9 @@ def _read_carried(path: Path) -> _Carried:
         why = f"{where}: {message}" if where else message
     else:
         return carried
-    log.warning("%s: %s — retries, wall time and the resume count start again from zero", path, why)
+    log.warning(
+        "%s: %s — retries, endpoint counts, wall time and the resume count start again from zero", path, why
+    )
     return _Carried()
 
 
@@ -66,6 +69,8 @@ class RunStats:
     replayed: int = 0  # responses taken from the cache instead of being requested again
     prior_seconds: float = 0.0  # wall time of the earlier, interrupted runs of this directory
     resumes: int = 0
+    # Per endpoint URL: anything with EndpointCounts' fields (the client's dispatch.Endpoint objects).
+    endpoints: dict = field(default_factory=dict)
 
     @classmethod
     def resumed(
@@ -89,6 +94,7 @@ class RunStats:
         if path.exists() and responses:
             old = _read_carried(path)
             s.retries = Counter(old.retries)
+            s.endpoints = dict(old.endpoints)
             s.prior_seconds = old.wall_seconds
             s.resumes = old.resumes + 1
         return s
@@ -150,4 +156,14 @@ class RunStats:
             cost_usd=None if self.prices is None else round(self.cost_usd, 6),
             wall_seconds=round(self.elapsed, 2),
             completion_tokens_per_second=round(self.tokens_per_second, 2),
+            endpoints={
+                url: EndpointCounts(
+                    requests=c.requests,
+                    failures=dict(c.failures),
+                    prompt_tokens=c.prompt_tokens,
+                    completion_tokens=c.completion_tokens,
+                    times_down=c.times_down,
+                )
+                for url, c in self.endpoints.items()
+            },
         )

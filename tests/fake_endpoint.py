@@ -89,21 +89,31 @@ class FakeEndpoint(LocalServer):
         if fault == "404_model":
             message = f"The model `{body.get('model')}` does not exist."
             return web.json_response({"error": {"message": message, "code": 404}}, status=404)
-        prompt = body["messages"][-1]["content"] if chat else body["prompt"]
-        text = None if fault == "null_text" else answer_text(prompt, len(self.requests))
+        prompts = [body["messages"][-1]["content"]] if chat else body["prompt"]
+        prompts = prompts if isinstance(prompts, list) else [prompts]  # one choice per prompt
+        texts = [None if fault == "null_text" else answer_text(p, len(self.requests)) for p in prompts]
         if chat:
-            choice = {"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"}
+            choice = {
+                "index": 0,
+                "message": {"role": "assistant", "content": texts[0]},
+                "finish_reason": "stop",
+            }
             if fault == "no_message":
                 del choice["message"]
+            choices = [choice]
         else:
-            choice = {"index": 0, "text": text, "finish_reason": "stop", "logprobs": None}
+            choices = [
+                {"index": n, "text": text, "finish_reason": "stop", "logprobs": None}
+                for n, text in enumerate(texts)
+            ]
+        n = len(prompts)
         answer = {
             "id": "cmpl-fake",
             "object": "chat.completion" if chat else "text_completion",
             "created": 0,
             "model": self.model,
-            "choices": [choice],
-            "usage": {"prompt_tokens": 10, "completion_tokens": 5, "total_tokens": 15},
+            "choices": choices,
+            "usage": {"prompt_tokens": 10 * n, "completion_tokens": 5 * n, "total_tokens": 15 * n},
         }
         if fault == "no_choices_key":
             del answer["choices"]

@@ -3,7 +3,8 @@
 It reads which of the run's prompts it was sent (instruction list, classification check, input-first
 or output-first instances) and answers in that prompt's format with made-up words, so every stage
 runs and most instructions pass the filters. `latency` (seconds) delays each answer, to keep
-requests in flight; `items` instructions answer each instruction prompt. Run it alone with
+requests in flight; `items` instructions answer each instruction prompt; a completions request
+with a list of prompts gets one choice per prompt. Run it alone with
 `python tests/fast_endpoint.py --port 8123`.
 """
 
@@ -21,12 +22,15 @@ VERBS = "Describe Explain Summarize List Compare Rewrite Classify Suggest Outlin
 
 
 class FastEndpoint(LocalServer):
-    def __init__(self, latency: float = 0.0, seed: int = 0, model: str = "fast-model", items: int = 7):
-        super().__init__()
+    def __init__(
+        self, latency: float = 0.0, seed: int = 0, model: str = "fast-model", items: int = 7, port: int = 0
+    ):
+        super().__init__(port=port)
         self.latency = latency
         self.items = items  # instructions per answer to an instruction prompt
         self.model = model
-        self.requests = 0
+        self.requests = 0  # HTTP requests answered
+        self.prompts = 0  # prompts answered (a completions request may carry several)
         self._rng = random.Random(seed)
 
     def routes(self, app: web.Application) -> None:
@@ -39,9 +43,10 @@ class FastEndpoint(LocalServer):
 
     async def _completions(self, request: web.Request) -> web.Response:
         body = await request.json()
-        text = await self._answer(body["prompt"])
-        choice = {"index": 0, "text": text, "finish_reason": "stop"}
-        return web.json_response(self._response("text_completion", choice, body["prompt"], text))
+        prompts = body["prompt"] if isinstance(body["prompt"], list) else [body["prompt"]]
+        texts = await asyncio.gather(*(self._answer(p) for p in prompts))
+        choices = [{"index": n, "text": t, "finish_reason": "stop"} for n, t in enumerate(texts)]
+        return web.json_response(self._response("text_completion", choices, prompts, texts))
 
     async def _chat(self, request: web.Request) -> web.Response:
         body = await request.json()
@@ -49,13 +54,17 @@ class FastEndpoint(LocalServer):
         text = await self._answer(prompt)
         message = {"role": "assistant", "content": text}
         choice = {"index": 0, "message": message, "finish_reason": "stop"}
-        return web.json_response(self._response("chat.completion", choice, prompt, text))
+        return web.json_response(self._response("chat.completion", [choice], [prompt], [text]))
 
-    def _response(self, kind: str, choice: dict, prompt: str, text: str) -> dict:
+    def _response(self, kind: str, choices: list[dict], prompts: list[str], texts: list[str]) -> dict:
         self.requests += 1
-        usage = {"prompt_tokens": len(prompt.split()), "completion_tokens": len(text.split())}
+        self.prompts += len(prompts)
+        usage = {
+            "prompt_tokens": sum(len(p.split()) for p in prompts),
+            "completion_tokens": sum(len(t.split()) for t in texts),
+        }
         usage["total_tokens"] = usage["prompt_tokens"] + usage["completion_tokens"]
-        return {"id": f"cmpl-{self.requests}", "object": kind, "model": self.model, "choices": [choice],
+        return {"id": f"cmpl-{self.requests}", "object": kind, "model": self.model, "choices": choices,
                 "usage": usage}  # fmt: skip
 
     async def _answer(self, prompt: str) -> str:

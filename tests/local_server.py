@@ -1,7 +1,8 @@
 """An aiohttp app on a free loopback port, served from a thread of its own, for the tests' endpoints.
 
 A subclass adds its routes in `routes(app)`; `on_start` and `on_close` set up and tear down what
-its handlers share. Use it as a context manager, or call start() and stop().
+its handlers share. Use it as a context manager, or call start() and stop(). `port` 0 takes a free
+port; a given port starts a server again where a stopped one was.
 """
 
 from __future__ import annotations
@@ -14,9 +15,9 @@ from aiohttp import web
 
 
 class LocalServer:
-    def __init__(self, ssl_context: ssl.SSLContext | None = None):
+    def __init__(self, ssl_context: ssl.SSLContext | None = None, port: int = 0):
         self.ssl_context = ssl_context
-        self.port = 0
+        self.port = port
         self._loop = asyncio.new_event_loop()
         self._ready = threading.Event()
         self._thread = threading.Thread(target=self._serve, daemon=True)
@@ -51,7 +52,7 @@ class LocalServer:
 
     def _serve(self) -> None:
         asyncio.set_event_loop(self._loop)
-        runner = self._loop.run_until_complete(self.serve_on(0))
+        runner = self._loop.run_until_complete(self.serve_on(self.port))
         self._ready.set()
         try:
             self._loop.run_forever()

@@ -101,7 +101,7 @@ def test_token_budgets_stop_mid_instructions_and_mid_annotation_and_larger_ones_
         records = check_run_dir(out)  # no id, instruction, dataset record or request twice
         assert len(records["machine_instructions"]) == n
         assert len(records["classification"]) == len(records["instances"]) == n
-        assert fast.requests == len(records["responses"])  # every request paid for is saved, once
+        assert fast.prompts == len(records["responses"])  # every request paid for is saved, once
         check_ledger(out, (0.5, 1.5))
 
 
@@ -116,7 +116,7 @@ def test_a_cost_budget_stops_the_run_and_a_larger_one_finishes_it(tmp_path):
         second = run(fast.url, out, 60, "--cost-budget", "1", *prices)
         assert second.returncode == 0, second.stdout + second.stderr[-2000:]
         records = check_run_dir(out)
-        assert len(records["instances"]) == 60 and fast.requests == len(records["responses"])
+        assert len(records["instances"]) == 60 and fast.prompts == len(records["responses"])
         assert check_ledger(out, (2.0, 10.0))
 
 

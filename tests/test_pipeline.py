@@ -250,8 +250,8 @@ def test_a_hand_edited_stats_json_resumes_with_zeroed_carried_counts(tmp_path: P
     assert (saved["resumes"], saved["retries"]) == (1, {})
     assert saved["wall_seconds"] < 60  # this run's time only
     assert [r.getMessage() for r in caplog.records if "stats.json" in r.getMessage()] == [
-        f"{tmp_path / 'stats.json'}: {WHY[content]} — retries, wall time and the resume count start again "
-        "from zero"
+        f"{tmp_path / 'stats.json'}: {WHY[content]} — retries, endpoint counts, wall time and the resume "
+        "count start again from zero"
     ]
 
 

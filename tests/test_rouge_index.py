@@ -113,11 +113,10 @@ def test_most_similar_is_the_brute_force_maximum():
     pool_tokens = [rouge_tokens(t) for t in pool]
     for q in queries:
         tokens = rouge_tokens(q)
-        best = max(rouge_scorer._score_lcs(tokens, p).fmeasure for p in pool_tokens)
-        item, score = index.most_similar(q)
-        assert score == best
-        if best > 0:
-            assert rouge_scorer._score_lcs(tokens, pool_tokens[item]).fmeasure == best
+        scores = [rouge_scorer._score_lcs(tokens, p).fmeasure for p in pool_tokens]
+        best = max(scores)
+        # the first pool item with the highest F, exactly as rouge_score computes it
+        assert index.most_similar(q) == ((scores.index(best), best) if best > 0 else (None, 0.0))
 
 
 def test_unicode_tokens_see_chinese_near_duplicates():
@@ -188,10 +187,11 @@ def test_most_similar_stays_exact_as_the_pool_grows():
     stream = synthetic(rng, 900)
     index, pool_tokens = RougeIndex(0.7), []
     for k, text in enumerate(stream):
-        if k in (30, 200, 899):  # the full postings are built at the first call, then kept up
+        if k in (30, 200, 600, 899):  # the full postings are built at the first call, then kept up
             tokens = rouge_tokens(text)
-            best = max((rouge_scorer._score_lcs(tokens, p).fmeasure for p in pool_tokens), default=0.0)
-            assert index.most_similar(text)[1] == best
+            scores = [rouge_scorer._score_lcs(tokens, p).fmeasure for p in pool_tokens]
+            best = max(scores, default=0.0)
+            assert index.most_similar(text) == ((scores.index(best), best) if best > 0 else (None, 0.0))
         index.add(text)
         pool_tokens.append(rouge_tokens(text))
 
@@ -239,3 +239,23 @@ NORMAL = [
     "Write a word puzzle for children about farm animals.",
     "Rewrite this word list as a short poem.",
 ]
+
+
+def test_most_similar_breaks_ties_by_the_lowest_index():
+    """A small vocabulary makes many pool items tie at the best F (and at the best bound): the
+    first of them is the answer, as in a brute-force scan."""
+    rng = random.Random(5)
+    words = "describe the a list of to explain an".split()
+    pool = [" ".join(rng.choices(words, k=rng.randint(2, 7))) for _ in range(400)]
+    index = RougeIndex(0.7)
+    for text in pool:
+        index.add(text)
+    pool_tokens = [rouge_tokens(t) for t in pool]
+    ties = 0
+    for _ in range(60):
+        tokens = rng.choices(words, k=rng.randint(2, 7))
+        scores = [rouge_scorer._score_lcs(tokens, p).fmeasure for p in pool_tokens]
+        best = max(scores)
+        ties += scores.count(best) > 1
+        assert index.most_similar(" ".join(tokens)) == (scores.index(best), best)
+    assert ties > 30

@@ -79,6 +79,9 @@ class NearDuplicateRecords:
     def __init__(self, threshold: float = 0.9, num_perm: int = 128):
         self.lsh = MinHashLSH(threshold=threshold, num_perm=num_perm)
         self.num_perm = num_perm
+        # Every MinHash draws the same permutations (seed 1); drawn once, not once per record.
+        template = MinHash(num_perm=num_perm)
+        self._permutations, self._scheme = template.permutations, template.scheme
         self._task_of: dict[str, str] = {}
 
     def _minhash(self, text: str) -> MinHash | None:
@@ -86,7 +89,7 @@ class NearDuplicateRecords:
         shingles = set(tokens) | {f"{a} {b}" for a, b in zip(tokens, tokens[1:], strict=False)}
         if not shingles:
             return None
-        m = MinHash(num_perm=self.num_perm)
+        m = MinHash(num_perm=self.num_perm, permutations=self._permutations, scheme=self._scheme)
         m.update_batch([s.encode() for s in shingles])
         return m
 

