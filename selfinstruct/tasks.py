@@ -12,6 +12,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import pydantic_core
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from selfinstruct.errors import StorageError, UserError, first_error
@@ -147,6 +148,11 @@ def _to_task(where: str, index: int, row: Any) -> SeedTask:
         raise UserError(f"{where}: field '{field}': {message}") from None
 
 
+def jsonl_line(record: dict[str, Any]) -> bytes:
+    """One JSONL line: compact UTF-8 JSON (serialized in Rust by pydantic-core) and a newline."""
+    return pydantic_core.to_json(record) + b"\n"
+
+
 class JsonlWriter:
     """Append-only JSONL: each record is one line, handed to the OS in one unbuffered write.
 
@@ -163,7 +169,7 @@ class JsonlWriter:
             raise StorageError(self.path, exc) from None
 
     def write(self, record: dict[str, Any]) -> None:
-        data = memoryview((json.dumps(record, ensure_ascii=False) + "\n").encode())
+        data = memoryview(jsonl_line(record))
         try:
             while data:
                 data = data[os.write(self._fd, data) :]

@@ -27,7 +27,7 @@ from selfinstruct.records import (
     read_stats,
 )
 from selfinstruct.resources import resource_path
-from selfinstruct.tasks import SeedTask
+from selfinstruct.tasks import SeedTask, jsonl_line
 
 SEEDS = [SeedTask(id=f"s{i}", instruction=f"Seed task number {w} about topic {w}.") for i, w in
          enumerate(["alpha", "bravo", "charlie", "delta", "echo", "foxtrot", "golf", "hotel"])]  # fmt: skip
@@ -112,7 +112,7 @@ def test_every_record_reads_back_and_dumps_to_the_same_line(run_dir: Path, name:
     assert written
     for line in written:
         record = RUN_FILES[name].model_validate(json.loads(line))
-        assert json.dumps(record.model_dump(), ensure_ascii=False) == line
+        assert jsonl_line(record.model_dump()).decode() == line + "\n"
     assert [r.model_dump() for r in read_run_file(run_dir, name)] == [json.loads(line) for line in written]
 
 

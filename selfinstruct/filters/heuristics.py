@@ -119,11 +119,20 @@ class HeuristicFilter:
 def _garbled(text: str, min_letter_share: float) -> bool:
     """Control, unassigned or replacement characters (binary noise), or too few letters to be a
     sentence (a row of numbers or symbols)."""
+    if text.isascii():  # the same test, without a Python step per character
+        if _ASCII_CONTROL.search(text):
+            return True
+        return len(_ASCII_LETTERS.findall(text)) < min_letter_share * len(_ASCII_SPACE.sub("", text))
     chars = [ch for ch in text if not ch.isspace()]
     if any(ch == "\ufffd" or unicodedata.category(ch) in ("Cc", "Cs", "Co", "Cn") for ch in chars):
         return True
     letters = sum(ch.isalpha() for ch in chars)
     return letters < min_letter_share * len(chars)
+
+
+_ASCII_SPACE = re.compile(r"[ \t\n\r\x0b\x0c\x1c-\x1f]")  # str.isspace() in ASCII
+_ASCII_CONTROL = re.compile(r"[\x00-\x08\x0e-\x1b\x7f]")  # category Cc, less the spaces
+_ASCII_LETTERS = re.compile(r"[A-Za-z]")
 
 
 def _read_keywords(path: Path, rules_path: Path) -> list[str]:

@@ -6,6 +6,7 @@ import re
 from collections import Counter, defaultdict
 
 from datasketch import MinHash, MinHashLSH
+from datasketch.hashfunc import sha1_hash32
 
 from selfinstruct.filters.tokenizers import unicode_tokens
 from selfinstruct.prompts import NO_INPUT
@@ -79,23 +80,41 @@ class NearDuplicateRecords:
     def __init__(self, threshold: float = 0.9, num_perm: int = 128):
         self.lsh = MinHashLSH(threshold=threshold, num_perm=num_perm)
         self.num_perm = num_perm
-        # Every MinHash draws the same permutations (seed 1); drawn once, not once per record.
-        template = MinHash(num_perm=num_perm)
-        self._permutations, self._scheme = template.permutations, template.scheme
         self._task_of: dict[str, str] = {}
+        # One sketch, cleared for each record: the index keeps band hashes, not the sketches.
+        self._sketch = MinHash(num_perm=num_perm, hashfunc=self._hash)
+        self._hashes: dict[bytes, int] = {}  # datasketch's sha1_hash32 of recent shingles
+        self._instruction: tuple[str, list[str], list[bytes]] = ("", [], [])  # the last task's, hashed
 
-    def _minhash(self, text: str) -> MinHash | None:
-        tokens = unicode_tokens(text)
-        shingles = set(tokens) | {f"{a} {b}" for a, b in zip(tokens, tokens[1:], strict=False)}
+    def _minhash(self, instruction: str, input: str) -> MinHash | None:
+        """The sketch of the unigrams and bigrams of instruction + newline + input. The records of
+        one task share their instruction: its shingles are built once."""
+        if self._instruction[0] != instruction or not self._instruction[1]:
+            tokens = unicode_tokens(instruction)
+            self._instruction = (instruction, tokens, [s.encode() for s in _shingles(tokens)])
+        _, head, head_shingles = self._instruction
+        tail = unicode_tokens(input)
+        joint = [f"{head[-1]} {tail[0]}"] if head and tail else []
+        shingles = set(head_shingles) | {s.encode() for s in _shingles(tail) + joint}
         if not shingles:
             return None
-        m = MinHash(num_perm=self.num_perm, permutations=self._permutations, scheme=self._scheme)
-        m.update_batch([s.encode() for s in shingles])
+        m = self._sketch
+        m.clear()
+        m.update_batch(shingles)
         return m
+
+    def _hash(self, shingle: bytes) -> int:
+        """datasketch's default hash, remembered: a task's records repeat its instruction's shingles."""
+        value = self._hashes.get(shingle)
+        if value is None:
+            if len(self._hashes) > 100_000:
+                self._hashes.clear()
+            value = self._hashes[shingle] = sha1_hash32(shingle)
+        return value
 
     def is_duplicate(self, key: str, task_id: str, instruction: str, input: str) -> bool:
         """Check one record; a record that is kept is remembered for the ones after it."""
-        m = self._minhash(f"{instruction}\n{input}")
+        m = self._minhash(instruction, input)
         if m is None:
             return False
         if any(self._task_of[k] != task_id for k in self.lsh.query(m)):
@@ -103,3 +122,7 @@ class NearDuplicateRecords:
         self.lsh.insert(key, m)
         self._task_of[key] = task_id
         return False
+
+
+def _shingles(tokens: list[str]) -> list[str]:
+    return tokens + [f"{a} {b}" for a, b in zip(tokens, tokens[1:], strict=False)]
