@@ -27,6 +27,12 @@ def build_parser() -> argparse.ArgumentParser:
     add_config_flags(run, RunConfig, "--config")
     run.add_argument("--no-progress", action="store_true", help="Hide the progress bar.")
     run.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="Print the requests, tokens and cost (with prices) the run would take, per stage, and exit; "
+        "nothing is sent or written. On an existing run directory: the rest of it, from its own averages.",
+    )
+    run.add_argument(
         "--allow-changed-settings",
         action="store_true",
         help="Resume a run directory even though settings that shape the data differ.",
@@ -143,6 +149,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         flag_names,
         progress=not args.no_progress,
         allow_changed_settings=args.allow_changed_settings,
+        dry_run=args.dry_run,
     )
 
 

@@ -109,6 +109,25 @@ class RunConfig(_Section):
     max_requests: int | None = Field(
         None, ge=1, description="Stop bootstrapping after this many requests (default: 50 + 20 per target)."
     )
+    price_input: float | None = Field(
+        None,
+        ge=0,
+        description="USD per million prompt tokens: the run's cost in stats.json, progress, summary.",
+    )
+    price_output: float | None = Field(
+        None, ge=0, description="USD per million completion tokens (give it with price_input)."
+    )
+    token_budget: int | None = Field(
+        None,
+        gt=0,
+        description="Send no new request once this many prompt + completion tokens are spent, counting "
+        "every run of the output directory; requests in flight finish (the total may pass it a little).",
+    )
+    cost_budget: float | None = Field(
+        None,
+        gt=0,
+        description="As token_budget, in USD at price_input and price_output (both needed).",
+    )
     instructions: Annotated[Sampling, FlagGroup()] = Field(
         default_factory=lambda: Sampling(temperature=0.7, top_p=0.5, max_tokens=1024, presence_penalty=2.0),
         description="Sampling for instruction generation.",
@@ -126,6 +145,13 @@ class RunConfig(_Section):
     @property
     def request_budget(self) -> int:
         return self.max_requests or 50 + 20 * self.num_instructions
+
+    @property
+    def prices(self) -> tuple[float, float] | None:
+        """(USD per million prompt tokens, per million completion tokens), or None when unpriced."""
+        if self.price_input is None or self.price_output is None:
+            return None
+        return self.price_input, self.price_output
 
     def resolve_auto(self, seed_instructions: list[str]) -> None:
         """Replace `auto` language and tokenizer by what the seed instructions call for."""
@@ -158,9 +184,31 @@ def load_config(path: Path | None, overrides: dict[str, Any], flag_names: dict[s
         if isinstance(data.get(stage), dict):
             data[stage] = RunConfig.model_fields[stage].default_factory().model_dump() | data[stage]
     try:
-        return RunConfig.model_validate(data)
+        config = RunConfig.model_validate(data)
     except ValidationError as exc:
         raise UserError(_describe(exc, path, overrides, flag_names)) from None
+    _check_prices(config, path, overrides, flag_names)
+    return config
+
+
+def _check_prices(config: RunConfig, path: Path | None, overrides: dict, flag_names: dict) -> None:
+    """Prices come in pairs, and a cost budget needs them."""
+
+    def where(key: str) -> str:
+        return flag_names[key] if key in overrides else f"{path or 'config'}: {key}"
+
+    given = [k for k in ("price_input", "price_output") if getattr(config, k) is not None]
+    if len(given) == 1:
+        missing = "--price-output" if given[0] == "price_input" else "--price-input"
+        raise UserError(
+            f"{where(given[0])}: a price needs its pair — pass {missing} too (USD per million tokens; "
+            "0 when that side is free)"
+        )
+    if config.cost_budget is not None and not given:
+        raise UserError(
+            f"{where('cost_budget')}: a cost budget needs prices — pass --price-input and --price-output "
+            "(USD per million prompt and completion tokens), or use --token-budget"
+        )
 
 
 def _not_a_table(path: Path | None, key: str, value: Any) -> str:

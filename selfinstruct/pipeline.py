@@ -19,9 +19,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
+from selfinstruct.budget import Budget, BudgetSpent
 from selfinstruct.cache import ResponseCache, request_key
 from selfinstruct.config import RunConfig, Sampling
 from selfinstruct.errors import UserError
+from selfinstruct.estimate import assumed_completions
 from selfinstruct.filters import HeuristicFilter, NoveltyFilter, RougeIndex, run_filters
 from selfinstruct.filters.instances import NearDuplicateRecords, apply_instance_rules
 from selfinstruct.filters.tokenizers import TOKENIZERS
@@ -122,7 +124,9 @@ class Pipeline:
         self.files = RunFiles(run_dir)
         self.stats = RunStats.resumed(config.num_instructions, self.files.prior, self.files.cache.records,
                                       self.files.dir / "stats.json")  # fmt: skip
-        self.progress = Progress(self.stats, enabled=progress)
+        self.stats.prices = config.prices
+        self.budget = Budget(self.stats, config.token_budget, config.cost_budget)
+        self.progress = Progress(self.stats, enabled=progress, annotation_tokens=assumed_completions(config))
         self.near_duplicates = NearDuplicateRecords(config.near_duplicate_threshold)
         self.pool = RougeIndex(config.rouge_threshold, TOKENIZERS[config.tokenizer])
         for text in self.seed_instructions:
@@ -139,6 +143,7 @@ class Pipeline:
             for r in self.files.prior[name]
         )
         self._dataset_ids = {r["id"] for r in self.files.prior["dataset"]}
+        self._surplus: list[asyncio.Future] = []  # instruction requests past the target
         self._stats_saved = -math.inf
 
     async def run(self) -> RunStats:
@@ -148,10 +153,15 @@ class Pipeline:
             with self.progress.stage("instances", len(tasks)):
                 todo = self._replay_annotations(tasks)
                 semaphore = asyncio.Semaphore(self.config.concurrency)
-                await _all_or_none([self.annotate(t, semaphore) for t in todo])
+                await _all_or_none([self.budget.settle(self.annotate(t, semaphore)) for t in todo])
+            await asyncio.gather(*self._surplus, return_exceptions=True)
+            self.budget.raise_if_refused()
         except BaseException:
             # Stopped (a signal, an error): keep the counts, unless the disk refuses that too, in
             # which case the first error is the one to report.
+            for future in self._surplus:
+                future.cancel()
+            await asyncio.gather(*self._surplus, return_exceptions=True)
             with contextlib.suppress(UserError):
                 self.save_stats()
             raise
@@ -173,12 +183,14 @@ class Pipeline:
     async def ask(
         self, stage: str, index: str, prompt: str, sampling: Sampling, stop: list[str] | None
     ) -> Completion:
-        """One request; answered from the response cache when an earlier run already paid for it."""
+        """One request; answered from the response cache when an earlier run already paid for it,
+        else sent unless a budget is spent (BudgetSpent)."""
         key = request_key(getattr(self.llm, "model", ""), prompt, sampling, stop, index)
         cached = self.files.cache.get(key)
         if cached is not None:
             self.stats.replayed += 1
             return cached
+        self.budget.check()
         self.stats.in_flight += 1
         try:
             completion = await self.llm.complete(prompt, sampling, stop)
@@ -220,11 +232,26 @@ class Pipeline:
                     done, _ = await asyncio.wait(in_flight, return_when=asyncio.FIRST_COMPLETED)
                     for future in done:
                         self._take_instructions(in_flight.pop(future), future.result())
+                # Target reached. The requests still in flight are paid for: they finish beside the
+                # next stages and go to the response cache (a larger target replays them).
+                self._surplus = list(in_flight)
+                in_flight.clear()
+            except BudgetSpent:
+                await self._take_in_flight(in_flight)
+                raise
             finally:
                 for future in in_flight:
                     future.cancel()
                 await asyncio.gather(*in_flight, return_exceptions=True)
         return self.accepted[: cfg.num_instructions]
+
+    async def _take_in_flight(self, in_flight: dict[asyncio.Task, int]) -> None:
+        """Once a budget is spent, take the responses of the requests already sent (those launched
+        after it was spent send nothing)."""
+        for future, request_id in list(in_flight.items()):
+            with contextlib.suppress(BudgetSpent):
+                self._take_instructions(request_id, await future)
+            del in_flight[future]
 
     def _take_instructions(self, request_id: int, completion: Completion) -> int:
         """Parse one response and filter its instructions in order; survivors join the pool.

@@ -1,20 +1,35 @@
-"""Progress display: done/target per stage, rejects by reason, requests in flight, tokens/s."""
+"""Progress display: done/target per stage (tqdm's own rate and ETA for the stage), rejects by
+reason, requests in flight, tokens and cost so far, tokens/s, and while instructions are generated
+an ETA for the whole run.
+
+The pipeline refreshes it per response (thousands a second against a fast endpoint): the text
+after the bar is rebuilt at most every REFRESH_SECONDS.
+"""
 
 from __future__ import annotations
 
 import sys
+import time
 from contextlib import contextmanager
 
 from tqdm import tqdm
 
 from selfinstruct.stats import RunStats
 
+REFRESH_SECONDS = 0.25
+
 
 class Progress:
-    def __init__(self, stats: RunStats, enabled: bool = True):
+    def __init__(
+        self, stats: RunStats, enabled: bool = True, annotation_tokens: dict[str, float] | None = None
+    ):
+        """annotation_tokens: completion tokens expected per request of the classification and
+        instances stages, until the run has measured its own (for the whole run's ETA)."""
         self.stats = stats
         self.enabled = enabled
+        self.annotation_tokens = annotation_tokens or {}
         self.bar: tqdm | None = None
+        self._shown = 0.0
 
     @contextmanager
     def stage(self, name: str, total: int):
@@ -30,7 +45,7 @@ class Progress:
         try:
             yield self.bar
         finally:
-            self.refresh()
+            self.refresh(force=True)
             self.bar.close()
             self.bar = None
 
@@ -39,12 +54,45 @@ class Progress:
             self.bar.update(n)
             self.refresh()
 
-    def refresh(self) -> None:
+    def refresh(self, force: bool = False) -> None:
         if self.bar is None or self.bar.disable:
             return
+        now = time.monotonic()
+        if not force and now - self._shown < REFRESH_SECONDS:
+            return
+        self._shown = now
         s = self.stats
         rejects = ", ".join(f"{k} {v}" for k, v in s.rejected.most_common(4))
-        self.bar.set_postfix_str(
-            f"rejected: {rejects or 'none'} | in flight {s.in_flight} | {s.tokens_per_second:.0f} tok/s",
-            refresh=False,
-        )
+        spent = f"{_short(s.prompt_tokens + s.completion_tokens)} tok"
+        if s.prices is not None:
+            spent += f" ${s.cost_usd:.4g}"
+        parts = [f"rejected: {rejects or 'none'}", f"in flight {s.in_flight}", spent,
+                 f"{s.tokens_per_second:.0f} tok/s"]  # fmt: skip
+        eta = self.run_eta() if self.bar.desc == "instructions" else None
+        if eta is not None:
+            parts.append(f"whole run ~{tqdm.format_interval(eta)} left")
+        self.bar.set_postfix_str(" | ".join(parts), refresh=False)
+
+    def run_eta(self) -> float | None:
+        """Seconds left for the whole run, while instructions are generated: this stage's (tqdm's
+        recent rate) plus the annotation stage's, from the completion tokens its requests need
+        (measured so far, else expected) at the run's completion tokens per second."""
+        s, bar = self.stats, self.bar
+        shown = bar.format_dict
+        rate = shown["rate"] or (bar.n / shown["elapsed"] if shown["elapsed"] > 0 else 0)
+        if not rate or s.tokens_per_second <= 0:
+            return None
+        per_task = 0.0
+        for stage in ("classification", "instances"):
+            n = s.requests[stage]
+            per_task += s.stage_completion_tokens[stage] / n if n else self.annotation_tokens.get(stage, 0.0)
+        tasks_left = max(0, s.target - s.tasks_annotated)
+        return (bar.total - bar.n) / rate + tasks_left * per_task / s.tokens_per_second
+
+
+def _short(n: float) -> str:
+    """12,345 -> 12.3k; 4,560,000 -> 4.56M."""
+    for unit, size in (("G", 1e9), ("M", 1e6), ("k", 1e3)):
+        if n >= size:
+            return f"{n / size:.3g}{unit}"
+    return str(int(n))

@@ -258,6 +258,15 @@ class Stats(_Record):
     )
     resumes: NonNegativeInt = Field(description="Times the run directory was resumed.")
     tokens: TokenCounts = Field(description="Token usage.")
+    tokens_by_stage: dict[str, TokenCounts] = Field(
+        default_factory=dict,
+        description="Token usage by stage (instructions, classification, instances); they sum to `tokens`.",
+    )
+    cost_usd: NonNegativeFloat | None = Field(
+        default=None,
+        description="What the responses cost at price_input and price_output (USD per million prompt and "
+        "completion tokens), rounded to 6 places; None when the run has no prices.",
+    )
     wall_seconds: NonNegativeFloat = Field(description="Wall time of all runs of the directory, in seconds.")
     completion_tokens_per_second: NonNegativeFloat = Field(
         description="Generated tokens per second of wall time."

@@ -10,8 +10,10 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from selfinstruct.budget import BudgetSpent
 from selfinstruct.config import RunConfig, load_config, public_dict
 from selfinstruct.errors import EndpointError, UserError
+from selfinstruct.estimate import estimate, format_estimate
 from selfinstruct.filters import HeuristicFilter
 from selfinstruct.generation.backends import Endpoint, check_backend, open_endpoint
 from selfinstruct.generation.client import LLMClient
@@ -36,6 +38,10 @@ RESUMABLE_CHANGES = {
     "backend.max_attempts",
     "backend.startup_timeout",
     "backend.server_args",
+    "price_input",
+    "price_output",
+    "token_budget",
+    "cost_budget",
 }
 
 
@@ -45,6 +51,7 @@ def run(
     flag_names: dict[str, str],
     progress: bool,
     allow_changed_settings: bool = False,
+    dry_run: bool = False,
 ) -> int:
     # Check every input before anything slow starts.
     config = load_config(config_path, overrides, flag_names)
@@ -52,17 +59,27 @@ def run(
     config.resolve_auto([s.instruction for s in seeds])
     heuristics = HeuristicFilter.from_file(config.filters)
     check_backend(config.backend)
+    if dry_run:
+        print(dry_run_estimate(config, seeds, allow_changed_settings))
+        return 0
     run_dir = config.output_dir or Path("outputs") / time.strftime("run-%Y%m%d-%H%M%S")
     config.output_dir = run_dir
     make_dir(run_dir)
+    stopped = None
     with exclusive(run_dir, "run"):  # one run per directory, until this process ends
         resuming = prepare_run_dir(run_dir, config, allow_changed_settings)
         write_json_atomic(run_dir / "config.json", public_dict(config))
         log.info("%s run directory %s", "resuming the" if resuming else "new", run_dir)
         with open_endpoint(config.backend, run_dir / "vllm_server.log", config.seed) as endpoint:
-            stats = run_async(_generate(config, endpoint, seeds, heuristics, run_dir, progress))
+            try:
+                stats = run_async(_generate(config, endpoint, seeds, heuristics, run_dir, progress))
+            except BudgetSpent as exc:
+                stats, stopped = exc.budget.stats, exc.budget
 
     print(summary_line(stats, run_dir / "dataset.jsonl"))
+    if stopped is not None:
+        print(stopped.message())
+        return 1
     if stats.accepted < stats.target:
         print(
             f"stopped early: the request budget ({config.request_budget}) was spent "
@@ -70,6 +87,17 @@ def run(
         )
         return 1
     return 0
+
+
+def dry_run_estimate(config: RunConfig, seeds: list[SeedTask], allow_changed_settings: bool) -> str:
+    """The estimate `run --dry-run` prints. An existing run directory is checked as a run would
+    check it (same errors), and only read: no lock, nothing written."""
+    run_dir = config.output_dir
+    if run_dir is not None and run_dir.exists():
+        if not run_dir.is_dir():
+            raise UserError(f"{run_dir}: exists and is not a directory — choose another --output-dir")
+        prepare_run_dir(run_dir, config, allow_changed_settings)
+    return format_estimate(estimate(config, seeds, run_dir), config)
 
 
 def make_dir(path: Path) -> None:
@@ -169,10 +197,13 @@ def summary_line(stats: RunStats, dataset: Path) -> str:
             f"accepted {stats.accepted}/{stats.target} instructions "
             f"({stats.accepted}/{stats.candidates} candidates kept)"
         )
-    return (
+    line = (
         f"{accepted}, {stats.instances_kept} records in {dataset}; "
         f"{stats.elapsed:.0f} s, {stats.tokens_per_second:.1f} tokens/s"
     )
+    if stats.prices is not None:
+        line += f", {stats.prompt_tokens + stats.completion_tokens:,} tokens, ${stats.cost_usd:.4f}"
+    return line
 
 
 def _differences(a: Any, b: Any, prefix: str = "") -> list[str]:

@@ -53,6 +53,9 @@ class RunStats:
     requests: Counter = field(default_factory=Counter)  # by stage
     prompt_tokens: int = 0
     completion_tokens: int = 0
+    stage_prompt_tokens: Counter = field(default_factory=Counter)  # by stage
+    stage_completion_tokens: Counter = field(default_factory=Counter)
+    prices: tuple[float, float] | None = None  # USD per million prompt, completion tokens
     in_flight: int = 0
     candidates: int = 0  # instructions parsed out of responses
     accepted: int = 0
@@ -84,8 +87,10 @@ class RunStats:
             s.classification["unparsed" if verdict is None else "yes" if verdict else "no"] += 1
         for r in responses:
             s.requests[r["stage"]] += 1
-            s.prompt_tokens += r["prompt_tokens"]
-            s.completion_tokens += r["completion_tokens"]
+            s.stage_prompt_tokens[r["stage"]] += r["prompt_tokens"]
+            s.stage_completion_tokens[r["stage"]] += r["completion_tokens"]
+        s.prompt_tokens = sum(s.stage_prompt_tokens.values())
+        s.completion_tokens = sum(s.stage_completion_tokens.values())
         if path.exists() and responses:
             old = _read_carried(path)
             s.retries = Counter(old.retries)
@@ -98,10 +103,19 @@ class RunStats:
         self.requests[stage] += 1
         self.prompt_tokens += completion.prompt_tokens
         self.completion_tokens += completion.completion_tokens
+        self.stage_prompt_tokens[stage] += completion.prompt_tokens
+        self.stage_completion_tokens[stage] += completion.completion_tokens
 
     @property
     def elapsed(self) -> float:
         return self.prior_seconds + time.monotonic() - self.started
+
+    @property
+    def cost_usd(self) -> float | None:
+        """What the responses so far cost at `prices`; None without prices."""
+        if self.prices is None:
+            return None
+        return (self.prompt_tokens * self.prices[0] + self.completion_tokens * self.prices[1]) / 1e6
 
     @property
     def tokens_per_second(self) -> float:
@@ -133,6 +147,13 @@ class RunStats:
             replayed_responses=self.replayed,
             resumes=self.resumes,
             tokens=TokenCounts(prompt=self.prompt_tokens, completion=self.completion_tokens),
+            tokens_by_stage={
+                stage: TokenCounts(
+                    prompt=self.stage_prompt_tokens[stage], completion=self.stage_completion_tokens[stage]
+                )
+                for stage in self.requests
+            },
+            cost_usd=None if self.prices is None else round(self.cost_usd, 6),
             wall_seconds=round(self.elapsed, 2),
             completion_tokens_per_second=round(self.tokens_per_second, 2),
             endpoints={
