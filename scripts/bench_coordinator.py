@@ -7,9 +7,10 @@ the same machine), so that only the run's own cost shows.
 
 Each target is one `python -m selfinstruct run -n N --concurrency C` from start to exit (start-up,
 all three stages and the files included). The rate of each target is printed with the ratio to the
-first target's, the CPU seconds the run and the endpoint spent per 1,000 accepted, and at the end a
-profile of one run (cProfile; it slows the run down, so its rate is not one of the figures),
-grouped by where the time goes.
+first target's and the CPU seconds the run and the endpoint spent per 1,000 accepted; then the
+first target again with `--max-batch 1` (one prompt per HTTP request: the baseline for shared
+requests), and at the end a profile of one run (cProfile; it slows the run down, so its rate is not
+one of the figures), grouped by where the time goes.
 """
 
 from __future__ import annotations
@@ -69,12 +70,14 @@ def start_endpoint() -> tuple[subprocess.Popen, str]:
     return proc, line.split()[1]
 
 
-def run(url: str, target: int, concurrency: int, out: Path, profile: Path | None = None) -> dict:
+def run(
+    url: str, target: int, concurrency: int, out: Path, profile: Path | None = None, extra: tuple = ()
+) -> dict:
     """One run from start to exit; its wall and CPU time, and its stats.json."""
     prefix = [sys.executable] + (["-m", "cProfile", "-o", str(profile)] if profile else [])
     cmd = prefix + [
         "-m", "selfinstruct", "run", "--backend", "openai", "--base-url", url, "-n", str(target),
-        "--concurrency", str(concurrency), "--no-progress", "-o", str(out),
+        "--concurrency", str(concurrency), "--no-progress", "-o", str(out), *extra,
     ]  # fmt: skip
     before = os.times()
     start = time.perf_counter()
@@ -113,6 +116,9 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, default=128)
     parser.add_argument("--profile-target", type=int, default=20000, help="0: no profile run")
     parser.add_argument("--top", type=int, default=15, help="Functions in the profile summary.")
+    parser.add_argument(
+        "--no-baseline", action="store_true", help="Skip the first target's run with --max-batch 1."
+    )
     args = parser.parse_args()
 
     endpoint, url = start_endpoint()
@@ -135,6 +141,16 @@ def main() -> None:
                     f"{r['wall']:6.1f} s wall; CPU per 1,000 accepted: run {1000 * r['cpu'] / target:.2f} s, "
                     f"endpoint {1000 * endpoint_cpu / target:.2f} s; {requests / target:.2f} prompts and "
                     f"{tokens / target:.0f} tokens per accepted instruction",
+                    flush=True,
+                )
+            if not args.no_baseline:
+                target = args.targets[0]
+                r = run(url, target, args.concurrency, Path(tmp) / "baseline", extra=("--max-batch", "1"))
+                rate = target / r["wall"]
+                print(
+                    f"-n {target:>7,} with --max-batch 1 (one prompt per request): {rate:7.0f} accepted "
+                    f"instructions/s, {r['wall']:.1f} s wall, run CPU {1000 * r['cpu'] / target:.2f} s per "
+                    f"1,000; shared requests are {first / rate:.2f}x faster",
                     flush=True,
                 )
             if args.profile_target:

@@ -36,6 +36,7 @@ RESUMABLE_CHANGES = {
     "backend.base_urls",
     "backend.timeout",
     "backend.max_attempts",
+    "backend.max_batch",
     "backend.startup_timeout",
     "backend.server_args",
     "price_input",
@@ -247,6 +248,7 @@ async def _generate(
         api=backend.api,
         timeout=backend.timeout,
         max_attempts=backend.max_attempts,
+        max_batch=backend.max_batch,
     )
     try:
         client.model = served_model(await client.list_models(), endpoint.model)
