@@ -118,9 +118,14 @@ def test_killed_runs_resume_to_exactly_the_target(vllm_server, tmp_path: Path, c
 
 def test_a_run_completes_through_a_flaky_endpoint(vllm_server, tmp_path: Path, config: Path):
     out = tmp_path / "run"
+    # One prompt per request, so that each injected fault costs exactly one retry (counted below);
+    # faults on shared requests are covered by the kill test and tests/test_dispatch.py.
     with FaultProxy(vllm_server.base_url, rate=0.2, stall_seconds=47, seed=3) as proxy:
         result = subprocess.run(
-            command(proxy.url, out, config, 12), capture_output=True, text=True, timeout=900
+            command(proxy.url, out, config, 12) + ["--max-batch", "1"],
+            capture_output=True,
+            text=True,
+            timeout=900,
         )
     assert result.returncode == 0, result.stderr[-2000:]
     check_run_dir(out)

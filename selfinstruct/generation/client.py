@@ -238,6 +238,8 @@ class LLMClient:
 
     def _send_waiting(self, key: tuple, sampling: Sampling, stop: list[str] | None) -> None:
         waiting = [(p, f) for p, f in self._waiting.pop(key) if not f.done()]
+        if not waiting:  # every caller went away in the meantime
+            return
         # No more to one request than keeps every endpoint in rotation busy.
         size = min(self.max_batch, -(-len(waiting) // max(1, self.pool.up())))
         for start in range(0, len(waiting), size):
