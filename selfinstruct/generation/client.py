@@ -27,6 +27,7 @@ import math
 import random
 import ssl
 from collections import Counter
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Literal
 from urllib.parse import urlsplit
@@ -129,28 +130,31 @@ def parse_answer(raw, schema: type[BaseModel]) -> BaseModel:
         raise InvalidResponse(f"{where}: {message}") from None
 
 
-def cert_error(exc: BaseException) -> ssl.SSLCertVerificationError | None:
-    """The certificate verification failure behind a connection error, if that is what it was."""
+def _causes(exc: BaseException | None) -> Iterator[BaseException]:
+    """The error and the errors behind it (its cause, else its context), each once."""
     seen = set()
     while exc is not None and id(exc) not in seen:
-        if isinstance(exc, ssl.SSLCertVerificationError):
-            # aiohttp's ClientConnectorCertificateError is one too, holding ssl's own error
-            return getattr(exc, "certificate_error", exc)
+        yield exc
         seen.add(id(exc))
         exc = exc.__cause__ or exc.__context__
+
+
+def cert_error(exc: BaseException) -> ssl.SSLCertVerificationError | None:
+    """The certificate verification failure behind a connection error, if that is what it was."""
+    for e in _causes(exc):
+        if isinstance(e, ssl.SSLCertVerificationError):
+            # aiohttp's ClientConnectorCertificateError is one too, holding ssl's own error
+            return getattr(e, "certificate_error", e)
     return None
 
 
 def _connection_failure(exc: BaseException) -> bool:
     """A refused, reset or closed connection behind an error the aiohttp transport reports as a
     timeout (it maps every aiohttp connection error to one)."""
-    seen = set()
-    while exc is not None and id(exc) not in seen:
-        if isinstance(exc, aiohttp.ClientConnectionError) and not isinstance(exc, aiohttp.ServerTimeoutError):
-            return True
-        seen.add(id(exc))
-        exc = exc.__cause__ or exc.__context__
-    return False
+    return any(
+        isinstance(e, aiohttp.ClientConnectionError) and not isinstance(e, aiohttp.ServerTimeoutError)
+        for e in _causes(exc)
+    )
 
 
 def retry_kind(exc: BaseException) -> str | None:
@@ -175,8 +179,9 @@ def split_tokens(total: int, weights: list[int]) -> list[int]:
     """`total` split in proportion to `weights` (largest remainder), summing to `total` exactly."""
     if len(weights) == 1:
         return [total]
-    whole = sum(weights) or len(weights)
-    weights = weights if sum(weights) else [1] * len(weights)
+    if not sum(weights):
+        weights = [1] * len(weights)
+    whole = sum(weights)
     shares = [total * w / whole for w in weights]
     parts = [math.floor(x) for x in shares]
     by_remainder = sorted(range(len(shares)), key=lambda i: parts[i] - shares[i])
@@ -240,7 +245,7 @@ class LLMClient:
         waiting = [(p, f) for p, f in self._waiting.pop(key) if not f.done()]
         if not waiting:  # every caller went away in the meantime
             return
-        # No more to one request than keeps every endpoint in rotation busy.
+        # No more prompts to one request than leaves every endpoint in rotation a share.
         size = min(self.max_batch, -(-len(waiting) // max(1, self.pool.up())))
         for start in range(0, len(waiting), size):
             part = waiting[start : start + size]
