@@ -6,6 +6,7 @@ import operator
 import re
 from collections import Counter, defaultdict
 
+import numpy as np
 from datasketch import MinHash, MinHashLSH
 from datasketch.hashfunc import sha1_hash32
 
@@ -82,26 +83,31 @@ class NearDuplicateRecords:
         self.lsh = MinHashLSH(threshold=threshold, num_perm=num_perm)
         self.num_perm = num_perm
         self._task_of: dict[str, str] = {}
-        # One sketch, cleared for each record: the index keeps band hashes, not the sketches. It
-        # takes shingles already hashed with datasketch's default (sha1_hash32), each once.
+        # One sketch, reset for each record: the index keeps band hashes, not the sketches. It
+        # takes shingles already hashed with datasketch's default (sha1_hash32). The records of one
+        # task share their instruction, whose shingles are sketched once: a record's sketch is the
+        # elementwise minimum of that and its input's, which is the sketch of the union.
         self._sketch = MinHash(num_perm=num_perm, hashfunc=operator.index)
-        self._instruction: tuple[str, list[str], set[int]] = ("", [], set())  # the last task's
+        self._instruction: tuple[str, list[str], np.ndarray | None] = ("", [], None)  # the last task's
 
     def _minhash(self, instruction: str, input: str) -> MinHash | None:
-        """The sketch of the unigrams and bigrams of instruction + newline + input. The records of
-        one task share their instruction: its shingles are hashed once."""
+        """The sketch of the unigrams and bigrams of instruction + newline + input."""
+        m = self._sketch
         if self._instruction[0] != instruction:
             tokens = unicode_tokens(instruction)
-            self._instruction = (instruction, tokens, _hashed(_shingles(tokens)))
-        _, head, hashed = self._instruction
+            m.clear()
+            m.update_batch(_hashed(_shingles(tokens)))
+            self._instruction = (instruction, tokens, m.hashvalues if tokens else None)
+        _, head, sketched = self._instruction
         tail = unicode_tokens(input)
         shingles = _shingles(tail) + ([f"{head[-1]} {tail[0]}"] if head and tail else [])
-        values = hashed.union(_hashed(shingles))
-        if not values:
+        if sketched is None and not shingles:
             return None
-        m = self._sketch
-        m.clear()
-        m.update_batch(values)
+        if sketched is None:
+            m.clear()
+        else:
+            m.hashvalues = sketched.copy()
+        m.update_batch(_hashed(shingles))
         return m
 
     def is_duplicate(self, key: str, task_id: str, instruction: str, input: str) -> bool:

@@ -72,10 +72,9 @@ def rouge_f(lcs: int, m: int, n: int) -> float:
 
 
 def _rouge_f_array(lcs: np.ndarray, m: int, n: np.ndarray) -> np.ndarray:
-    """rouge_f elementwise, in the same float operations (so the same values)."""
-    with np.errstate(divide="ignore", invalid="ignore"):
-        precision, recall = lcs / n, lcs / m
-        return np.where(lcs > 0, 2 * precision * recall / (precision + recall), 0.0)
+    """rouge_f elementwise, in the same float operations (so the same values); every n > 0."""
+    precision, recall = lcs / n, lcs / m
+    return np.divide(2 * precision * recall, precision + recall, out=np.zeros(len(n)), where=lcs > 0)
 
 
 Element = str | tuple[str, int]
@@ -261,14 +260,17 @@ class RougeIndex:
         all_lengths = np.frombuffer(self._lengths, dtype=np.int32)
         search = _Search(self, seq, m)
         scanned = max(1, m - 1)  # all but the most common element: its list is the longest
-        first, shared = _Search.counts(lists[:scanned])
-        if len(first):  # a first best F from the items sharing the most rare elements
+        pool = len(self._seqs)
+        items, counts = _Search.counts(lists[:scanned], pool)
+        if len(items):  # a first best F from the items sharing the most rare elements
+            first = items
             if len(first) > _FIRST_CHECK:
-                first = first[np.argpartition(-shared, _FIRST_CHECK)[:_FIRST_CHECK]]
+                first = first[np.argpartition(-counts, _FIRST_CHECK)[:_FIRST_CHECK]]
             search.verify(first, all_lengths)
-        while scanned < m and rouge_f(m - scanned, m, m - scanned) >= search.best_f:
-            scanned += 1  # an item sharing only the unscanned elements could still be the answer
-        items, counts = _Search.counts(lists[:scanned])
+        if scanned < m and rouge_f(m - scanned, m, m - scanned) >= search.best_f:
+            while scanned < m and rouge_f(m - scanned, m, m - scanned) >= search.best_f:
+                scanned += 1  # an item sharing only the unscanned elements could still be the answer
+            items, counts = _Search.counts(lists[:scanned], pool)
         lengths = all_lengths[items].astype(np.float64)
         bound = _rouge_f_array(np.minimum(np.minimum(counts + (m - scanned), lengths), m), m, lengths)
         bound[np.searchsorted(items, search.verified)] = -1.0  # items is sorted and holds them
@@ -328,12 +330,16 @@ class _Search:
         self.verified = np.empty(0, dtype=np.int64)
 
     @staticmethod
-    def counts(lists: list) -> tuple[np.ndarray, np.ndarray]:
-        """The items in the posting lists and how many of the lists hold each."""
+    def counts(lists: list, pool: int) -> tuple[np.ndarray, np.ndarray]:
+        """The items in the posting lists (sorted) and how many of the lists hold each: by sorting
+        when the lists are short next to the pool, else by counting over the pool."""
         arrays = [np.frombuffer(p, dtype=np.int32) for p in lists if p]
         if not arrays:
             return np.empty(0, dtype=np.int64), np.empty(0, dtype=np.int64)
-        counts = np.bincount(np.concatenate(arrays))
+        joined = np.concatenate(arrays) if len(arrays) > 1 else arrays[0]
+        if 4 * len(joined) < pool:
+            return np.unique(joined, return_counts=True)
+        counts = np.bincount(joined)
         items = np.flatnonzero(counts)
         return items, counts[items]
 
