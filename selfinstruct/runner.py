@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import gc
 import json
 import logging
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -73,7 +76,8 @@ def run(
         log.info("%s run directory %s", "resuming the" if resuming else "new", run_dir)
         with open_endpoint(config.backend, run_dir / "vllm_server.log", config.seed) as endpoint:
             try:
-                stats = run_async(_generate(config, endpoint, seeds, heuristics, run_dir, progress))
+                with _fewer_collections():
+                    stats = run_async(_generate(config, endpoint, seeds, heuristics, run_dir, progress))
             except BudgetSpent as exc:
                 stats, stopped = exc.budget.stats, exc.budget
 
@@ -88,6 +92,23 @@ def run(
         )
         return 1
     return 0
+
+
+@contextmanager
+def _fewer_collections() -> Iterator[None]:
+    """The loop allocates many small objects that live for the whole run (tasks, records, index
+    entries) and makes few reference cycles: with the default thresholds the cyclic collector
+    rescans them over a thousand times in a 20K run. Objects alive before the loop are frozen out of
+    its scans, and the youngest generation is collected every 50,000 allocations instead of 700."""
+    thresholds = gc.get_threshold()
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(50_000, *thresholds[1:])
+    try:
+        yield
+    finally:
+        gc.set_threshold(*thresholds)
+        gc.unfreeze()
 
 
 def dry_run_estimate(config: RunConfig, seeds: list[SeedTask], allow_changed_settings: bool) -> str:
