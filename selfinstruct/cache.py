@@ -18,9 +18,12 @@ from selfinstruct.generation.client import Completion
 from selfinstruct.records import CachedResponse
 from selfinstruct.tasks import JsonlWriter, recover_jsonl
 
+_SAMPLING = set(Sampling.model_fields)
+
 
 def request_key(model: str, prompt: str, sampling: Sampling, stop: list[str] | None, index: str) -> str:
-    payload = json.dumps([model, prompt, sampling.model_dump(), stop or [], index], ensure_ascii=False)
+    settings = sampling.model_dump(include=_SAMPLING)  # a stage's own backend is not part of the key
+    payload = json.dumps([model, prompt, settings, stop or [], index], ensure_ascii=False)
     return hashlib.sha256(payload.encode()).hexdigest()[:32]
 
 
@@ -51,6 +54,7 @@ class ResponseCache:
             finish_reason=completion.finish_reason,
             prompt_tokens=completion.prompt_tokens,
             completion_tokens=completion.completion_tokens,
+            endpoint=getattr(completion, "endpoint", "") or None,
         ).model_dump()
         self.records.append(record)
         self._by_key[key] = record

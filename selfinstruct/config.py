@@ -67,6 +67,72 @@ class Backend(_Section):
     )
 
 
+class StageBackend(_Section):
+    """Another model for one stage; what is not set here is the run's backend's.
+
+    A base URL makes it an existing endpoint (kind openai); a model alone is that model on the run's
+    endpoint (openai), or on a vLLM server the run starts for it (vllm, embedded).
+    """
+
+    kind: Annotated[Literal["embedded", "vllm", "openai"] | None, Flag("backend")] = Field(
+        None, description="embedded, vllm or openai, as --backend (default: from the other settings)."
+    )
+    model: str | None = Field(None, description="Model name or path for this stage.")
+    base_urls: Annotated[list[str], Flag("base-url", split=",")] = Field(
+        default_factory=list, description="OpenAI-compatible base URLs for this stage."
+    )
+    api: Literal["completions", "chat"] | None = Field(
+        None, description="completions or chat for this stage (default: the run's --api)."
+    )
+
+    def resolve(self, run: Backend) -> Backend:
+        """The backend this stage uses: the run's, with this section's settings applied."""
+        if self == StageBackend():
+            return run
+        if self.kind is not None:
+            kind = self.kind
+        elif self.base_urls:
+            kind = "openai"
+        elif self.model and run.kind != "openai":
+            kind = "vllm"  # a model of its own, on a server the run starts for it
+        else:
+            kind = run.kind
+        urls = self.base_urls or (run.base_urls if kind == "openai" == run.kind else [])
+        same_place = kind == run.kind and urls == run.base_urls
+        return run.model_copy(
+            update={
+                "kind": kind,
+                "model": self.model or (run.model if same_place else None),
+                "base_urls": urls,
+                "api": self.api or run.api,
+            }
+        )
+
+
+class StageSampling(Sampling):
+    """Sampling settings of one kind of request, and the model that answers it."""
+
+    backend: Annotated[StageBackend, FlagGroup()] = Field(
+        default_factory=StageBackend, description="This stage's model (default: the run's)."
+    )
+
+
+class Judge(StageSampling):
+    """The LLM judge: each dataset record rated 1-5 with a rubric (selfinstruct.judge)."""
+
+    enabled: Annotated[bool, Flag("--judge")] = Field(
+        False, description="Rate every record 1-5 with an LLM judge; score and score_reason in dataset.jsonl."
+    )
+    min_score: Annotated[int | None, Flag("--min-score")] = Field(
+        None, ge=1, le=5, description="Keep only records the judge scores at least this (drop: low_score)."
+    )
+    unparsed: Literal["drop", "keep"] = Field(
+        "drop",
+        description="A record whose judge answer could not be read: drop it (reason unparsed_score) or "
+        "keep it without a score.",
+    )
+
+
 class RunConfig(_Section):
     """Settings of `selfinstruct run`."""
 
@@ -112,6 +178,11 @@ class RunConfig(_Section):
         le=1,
         description="Drop records whose instruction + input has MinHash Jaccard >= this to another task's",
     )
+    check_language: bool = Field(
+        True,
+        description="Drop records whose instruction or output is in another language than the run's "
+        "(reason wrong_language; py3langid, prose of 20+ letters only).",
+    )
     max_requests: int | None = Field(
         None, ge=1, description="Stop bootstrapping after this many requests (default: 50 + 20 per target)."
     )
@@ -138,13 +209,17 @@ class RunConfig(_Section):
         default_factory=lambda: Sampling(temperature=0.7, top_p=0.5, max_tokens=1024, presence_penalty=2.0),
         description="Sampling for instruction generation.",
     )
-    classification: Sampling = Field(
-        default_factory=lambda: Sampling(temperature=0.0, top_p=1.0, max_tokens=3),
-        description="Sampling for the classification check.",
+    classification: Annotated[StageSampling, FlagGroup("classification-")] = Field(
+        default_factory=lambda: StageSampling(temperature=0.0, top_p=1.0, max_tokens=3),
+        description="Sampling and model for the classification check.",
     )
-    instances: Sampling = Field(
-        default_factory=lambda: Sampling(temperature=0.0, top_p=1.0, max_tokens=300),
-        description="Sampling for instance generation.",
+    instances: Annotated[StageSampling, FlagGroup("instances-")] = Field(
+        default_factory=lambda: StageSampling(temperature=0.0, top_p=1.0, max_tokens=300),
+        description="Sampling and model for instance generation.",
+    )
+    judge: Annotated[Judge, FlagGroup("judge-")] = Field(
+        default_factory=lambda: Judge(temperature=0.0, top_p=1.0, max_tokens=160),
+        description="The LLM judge: whether it runs, its threshold, sampling and model.",
     )
     backend: Annotated[Backend, FlagGroup()] = Field(default_factory=Backend, description="Model endpoint.")
 
@@ -159,6 +234,11 @@ class RunConfig(_Section):
             return None
         return self.price_input, self.price_output
 
+    def stage_backend(self, stage: str) -> Backend:
+        """The backend a stage's requests go to: the run's, unless the stage names its own."""
+        section = getattr(self, stage)
+        return section.backend.resolve(self.backend) if isinstance(section, StageSampling) else self.backend
+
     def resolve_auto(self, seed_instructions: list[str]) -> None:
         """Replace `auto` language and tokenizer by what the seed instructions call for."""
         if self.language == "auto":
@@ -167,7 +247,7 @@ class RunConfig(_Section):
             self.tokenizer = default_tokenizer(seed_instructions)
 
 
-STAGES = ("instructions", "classification", "instances")
+STAGES = ("instructions", "classification", "instances", "judge")
 
 
 def load_config(path: Path | None, overrides: dict[str, Any], flag_names: dict[str, str]) -> RunConfig:

@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from selfinstruct.config import STAGES, Backend, RunConfig
+from selfinstruct.judge import build_judge_prompt
 from selfinstruct.prompts import build_classification_prompt, build_instance_prompt, build_instruction_prompt
 from selfinstruct.records import read_run_file
 from selfinstruct.tasks import SeedTask
@@ -31,6 +32,8 @@ ASSUMED_ACCEPTANCE = 0.5  # share of parsed instructions that pass the filters
 CLASSIFICATION_ANSWER = 1  # tokens: " Yes" / " No"
 INSTANCES_SHARE = 0.5  # of the instances stage's max_tokens
 PROMPT_SAMPLES = 64  # instruction prompts built to average their length
+RECORDS_PER_TASK = 2.0  # dataset records (judge requests) per task
+JUDGE_ANSWER = 30  # tokens: {"score": 4, "reason": "one sentence"}
 
 _CJK = re.compile(r"[\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uac00-\ud7af\uf900-\ufaff\uff00-\uffef]")
 
@@ -113,6 +116,9 @@ def assumed_loads(config: RunConfig, seeds: list[SeedTask], count: Callable[[str
         ],
         "classification": [build_classification_prompt(t, lang) for t in texts],
         "instances": [build_instance_prompt(s.instruction, s.is_classification, lang) for s in seeds],
+        "judge": [
+            build_judge_prompt(s.instruction, i.input, i.output, lang) for s in seeds for i in s.instances
+        ],
     }
     items = max(1, LIST_END - 1 - config.num_demos)
     per_item = _mean([count(t) for t in texts]) + 2  # "N. " before each
@@ -123,11 +129,17 @@ def assumed_loads(config: RunConfig, seeds: list[SeedTask], count: Callable[[str
 
 
 def assumed_completions(config: RunConfig) -> dict[str, float]:
-    """Completion tokens assumed per classification and instances request."""
+    """Completion tokens assumed per classification, instances and judge request."""
     return {
         "classification": min(CLASSIFICATION_ANSWER, config.classification.max_tokens),
         "instances": config.instances.max_tokens * INSTANCES_SHARE,
+        "judge": min(JUDGE_ANSWER, config.judge.max_tokens),
     }
+
+
+def run_stages(config: RunConfig) -> tuple[str, ...]:
+    """The stages a run sends requests for: the judge only when it is on."""
+    return tuple(s for s in STAGES if s != "judge" or config.judge.enabled)
 
 
 @dataclass
@@ -191,18 +203,27 @@ def estimate(config: RunConfig, seeds: list[SeedTask], run_dir: Path | None) -> 
         needed += config.concurrency - 1
     short = needed - config.concurrency + 1 > left
     tasks = min(target, m.accepted + int((left + waiting) * per_request)) if short else target
+    judged = m.per_stage.get("judge", (0,))[0]
+    if judged and m.done["instances"]:
+        per_task = judged / m.done["instances"]
+    else:
+        per_task = RECORDS_PER_TASK
+        if config.judge.enabled:
+            assumed.append(f"{RECORDS_PER_TASK:g} records to judge per task")
     requests = {
         "instructions": min(needed, left),
         "classification": max(0, tasks - m.done["classification"]),
         "instances": max(0, tasks - m.done["instances"]),
+        "judge": max(0, round(tasks * per_task) - judged),
     }
     why = {
         "instructions": f"{base['items']} × the seeds' mean instruction + 2",
         "classification": "a one-word answer",
         "instances": f"{INSTANCES_SHARE:.0%} of max_tokens",
+        "judge": "a score and one sentence",
     }
     stages, completions = {}, []
-    for stage in STAGES:
+    for stage in run_stages(config):
         if stage in m.per_stage:
             n, prompt, completion = m.per_stage[stage]
             stages[stage] = StageLoad(requests[stage], prompt, completion, measured=n)

@@ -4,8 +4,9 @@ setting's name, type, default and help.
 Every field is a flag, `--field-name`, typed from its annotation (a `Literal` gives the choices, a
 list a repeatable flag), with the field's description and the model's default as its help. A field
 holding a section (a model of its own) gives flags only when marked `FlagGroup(prefix)`: one flag
-per field of the section, named prefix + the field's flag name. `Flag(...)` next to a field spells
-its flag differently. A flag sets its dotted config key (`backend.base_urls`), and only when the user
+per field of the section, named prefix + the field's flag name (a section within a section adds its
+own prefix, and its flags join the outer section's group). `Flag(...)` next to a field spells its
+flag differently. A flag sets its dotted config key (`backend.base_urls`), and only when the user
 gives it, so a config file keeps the settings no flag names (see config.load_config).
 """
 
@@ -31,7 +32,7 @@ _GIVEN = "given_flags"  # namespace attribute: dotted key -> the option string t
 class Flag:
     """How a field's flag differs from `--field-name`."""
 
-    name: str | None = None  # without dashes or the group's prefix: Flag("base-url")
+    name: str | None = None  # without dashes or the group's prefix: Flag("base-url"); "--x": exactly --x
     short: str | None = None  # an alias, e.g. "-n"
     split: str | None = None  # a list given as one value split at this, not a repeatable flag
 
@@ -65,10 +66,14 @@ def _walk(defaults: BaseModel, key_prefix: str, flag_prefix: str, group: str | N
         if isinstance(value, BaseModel):
             section = _marker(field, FlagGroup)
             if section is not None:
-                yield from _walk(value, f"{key_prefix}{name}.", flag_prefix + section.prefix, name)
+                yield from _walk(value, f"{key_prefix}{name}.", flag_prefix + section.prefix, group or name)
             continue
         mark = _marker(field, Flag) or Flag()
-        flag_name = f"--{flag_prefix}{mark.name or name.replace('_', '-')}"
+        flag_name = (
+            mark.name
+            if (mark.name or "").startswith("--")
+            else (f"--{flag_prefix}{mark.name or name.replace('_', '-')}")
+        )
         yield ConfigFlag(key_prefix + name, flag_name, mark.short, field, value, mark.split, group)
 
 

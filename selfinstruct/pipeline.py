@@ -3,8 +3,11 @@
 1. Instructions: keep `concurrency` requests in flight; each prompt shows demos sampled from the
    seeds and the machine pool as it is now; survivors of the filters join the pool at once.
 2. Classification check and 3. instances (input-first or output-first), per accepted task.
-4. Instance rules, then the task's records are appended to dataset.jsonl.
-Every stage appends its records to its own JSONL file as they arrive.
+4. Instance rules, the language rule and near-duplicates; with the judge on, 5. each record is rated
+   and those under the threshold dropped; then the task's records are appended to dataset.jsonl.
+Every stage appends its records to its own JSONL file as they arrive. The kinds of request (prompt,
+parser, stop, output format) are declared side by side in stages.py; each stage's sampling and model
+come from its config section.
 """
 
 from __future__ import annotations
@@ -26,30 +29,34 @@ from selfinstruct.errors import UserError
 from selfinstruct.estimate import assumed_completions
 from selfinstruct.filters import HeuristicFilter, NoveltyFilter, RougeIndex, run_filters
 from selfinstruct.filters.instances import NearDuplicateRecords, apply_instance_rules
+from selfinstruct.filters.language import LanguageCheck
 from selfinstruct.filters.tokenizers import TOKENIZERS
 from selfinstruct.generation.client import Completion
+from selfinstruct.judge import Judgement
 from selfinstruct.progress import Progress
-from selfinstruct.prompts import (
-    INSTANCE_STOP,
-    INSTRUCTION_STOP,
-    build_classification_prompt,
-    build_instance_prompt,
-    build_instruction_prompt,
-    instance_prompt_tail,
-    parse_classification,
-    parse_instances,
-    parse_instructions,
+from selfinstruct.records import (
+    Classification,
+    DatasetRecord,
+    InstanceRecord,
+    JudgementRecord,
+    MachineInstruction,
+    Rejected,
 )
-from selfinstruct.records import Classification, DatasetRecord, InstanceRecord, MachineInstruction, Rejected
+from selfinstruct.stages import CLASSIFICATION, INSTANCES, INSTRUCTIONS, JUDGE, STAGES, Stage
 from selfinstruct.stats import RunStats
 from selfinstruct.tasks import Instance, JsonlWriter, SeedTask, recover_jsonl, write_json_atomic
 
 
 class LLM(Protocol):
     api: str
+    model: str
 
     async def complete(
-        self, prompt: str, sampling: Sampling, stop: list[str] | None = None
+        self,
+        prompt: str,
+        sampling: Sampling,
+        stop: list[str] | None = None,
+        response_format: dict | None = None,
     ) -> Completion: ...
 
 
@@ -62,7 +69,7 @@ class MachineTask:
 class RunFiles:
     """The append-only files of a run directory, with what an earlier, interrupted run left in them."""
 
-    names = ("machine_instructions", "rejected", "classification", "instances", "dataset")
+    names = ("machine_instructions", "rejected", "classification", "instances", "judgements", "dataset")
 
     def __init__(self, run_dir: Path):
         self.dir = Path(run_dir)
@@ -109,14 +116,16 @@ class Pipeline:
     def __init__(
         self,
         config: RunConfig,
-        llm: LLM,
+        llm: LLM | dict[str, LLM],
         seeds: list[SeedTask],
         heuristics: HeuristicFilter,
         run_dir: Path,
         progress: bool = True,
     ):
         self.config = config
-        self.llm = llm
+        # The model of each stage; one LLM stands for every stage.
+        self.llms: dict[str, LLM] = llm if isinstance(llm, dict) else dict.fromkeys(STAGES, llm)
+        self.llm = self.llms[INSTRUCTIONS.name]
         self.seed_instructions = [s.instruction for s in seeds]
         config.resolve_auto(self.seed_instructions)
         self.heuristics = heuristics
@@ -125,9 +134,11 @@ class Pipeline:
         self.stats = RunStats.resumed(config.num_instructions, self.files.prior, self.files.cache.records,
                                       self.files.dir / "stats.json")  # fmt: skip
         self.stats.prices = config.prices
+        self.stats.judging = config.judge.enabled
         self.budget = Budget(self.stats, config.token_budget, config.cost_budget)
         self.progress = Progress(self.stats, enabled=progress, annotation_tokens=assumed_completions(config))
         self.near_duplicates = NearDuplicateRecords(config.near_duplicate_threshold)
+        self.language = LanguageCheck(self.lang) if config.check_language else None
         self.pool = RougeIndex(config.rouge_threshold, TOKENIZERS[config.tokenizer])
         for text in self.seed_instructions:
             self.pool.add(text)
@@ -143,6 +154,7 @@ class Pipeline:
             for r in self.files.prior[name]
         )
         self._dataset_ids = {r["id"] for r in self.files.prior["dataset"]}
+        self._judged = {r["id"]: r for r in self.files.prior["judgements"]}
         self._surplus: list[asyncio.Future] = []  # instruction requests past the target
         self._stats_saved = -math.inf
 
@@ -151,9 +163,10 @@ class Pipeline:
             tasks = await self.generate_instructions()
             self.save_stats()
             with self.progress.stage("instances", len(tasks)):
-                todo = self._replay_annotations(tasks)
                 semaphore = asyncio.Semaphore(self.config.concurrency)
-                await _all_or_none([self.budget.settle(self.annotate(t, semaphore)) for t in todo])
+                replays, todo = self._replay_annotations(tasks, semaphore)
+                annotations = [self.annotate(t, semaphore) for t in todo]
+                await _all_or_none([self.budget.settle(c) for c in replays + annotations])
             await asyncio.gather(*self._surplus, return_exceptions=True)
             self.budget.raise_if_refused()
         except BaseException:
@@ -180,12 +193,12 @@ class Pipeline:
         write_json_atomic(self.files.dir / "stats.json", self.stats.to_dict())
         self._stats_saved = now
 
-    async def ask(
-        self, stage: str, index: str, prompt: str, sampling: Sampling, stop: list[str] | None
-    ) -> Completion:
-        """One request; answered from the response cache when an earlier run already paid for it,
-        else sent unless a budget is spent (BudgetSpent)."""
-        key = request_key(getattr(self.llm, "model", ""), prompt, sampling, stop, index)
+    async def ask(self, stage: Stage, index: str, prompt: str) -> Completion:
+        """One request of a stage, to the stage's model with its sampling; answered from the
+        response cache when an earlier run already paid for it, else sent unless a budget is spent
+        (BudgetSpent)."""
+        llm, sampling = self.llms[stage.name], getattr(self.config, stage.name)
+        key = request_key(getattr(llm, "model", ""), prompt, sampling, stage.stop, index)
         cached = self.files.cache.get(key)
         if cached is not None:
             self.stats.replayed += 1
@@ -193,13 +206,18 @@ class Pipeline:
         self.budget.check()
         self.stats.in_flight += 1
         try:
-            completion = await self.llm.complete(prompt, sampling, stop)
+            completion = await llm.complete(prompt, sampling, stage.stop, stage.response_format)
         finally:
             self.stats.in_flight -= 1
-        self.files.cache.put(key, stage, index, completion)
-        self.stats.count_response(stage, completion)
+        self.files.cache.put(key, stage.name, index, completion)
+        self.stats.count_response(stage.name, completion)
         self.progress.refresh()
         return completion
+
+    def read(self, stage: Stage, prompt: str, completion: Completion, *inputs) -> object:
+        """A stage's answer, parsed (a completion is read together with the label it continues)."""
+        api = self.llms[stage.name].api
+        return stage.read(prompt, completion.text, completion.truncated, api, *inputs)
 
     # Stage 1 -----------------------------------------------------------------------------------
     async def generate_instructions(self) -> list[MachineTask]:
@@ -221,10 +239,8 @@ class Pipeline:
                         demos = sample_demos(
                             rng, self.seed_instructions, self.machine, cfg.num_demos, cfg.num_machine_demos
                         )
-                        prompt = build_instruction_prompt(demos, self.lang)
-                        request = self.ask(
-                            "instructions", str(next_request), prompt, cfg.instructions, INSTRUCTION_STOP
-                        )
+                        prompt = INSTRUCTIONS.prompt(demos, lang=self.lang)
+                        request = self.ask(INSTRUCTIONS, str(next_request), prompt)
                         in_flight[asyncio.ensure_future(request)] = next_request
                         next_request += 1
                     if not in_flight:
@@ -256,7 +272,7 @@ class Pipeline:
     def _take_instructions(self, request_id: int, completion: Completion) -> int:
         """Parse one response and filter its instructions in order; survivors join the pool.
         Returns how many candidates it decided on (others were decided by an earlier run)."""
-        parsed = parse_instructions(completion.text, completion.truncated)
+        parsed = INSTRUCTIONS.parse(completion.text, completion.truncated, None)
         candidates = parsed.instructions + ([parsed.truncated] if parsed.truncated else [])
         decided = 0
         for n, text in enumerate(candidates):
@@ -307,24 +323,25 @@ class Pipeline:
         self.progress.refresh()
 
     # Stages 2-4 --------------------------------------------------------------------------------
-    def _replay_annotations(self, tasks: list[MachineTask]) -> list[MachineTask]:
-        """Finish the tasks an earlier run annotated (their dataset records may be missing); return
-        the tasks still to annotate."""
-        done = set()
+    def _replay_annotations(
+        self, tasks: list[MachineTask], semaphore: asyncio.Semaphore
+    ) -> tuple[list, list[MachineTask]]:
+        """Finish the tasks an earlier run annotated (their judgements or dataset records may be
+        missing): the coroutines that do, and the tasks still to annotate."""
+        replays, done = [], set()
         for record in self.files.prior["instances"]:
-            self._finalize(record, replay=True)
+            replays.append(self._publish(record, self._finalize(record, replay=True), semaphore))
             done.add(record["id"])
         self._classified = {r["id"]: r["is_classification"] for r in self.files.prior["classification"]}
-        return [t for t in tasks if t.id not in done]
+        return replays, [t for t in tasks if t.id not in done]
 
     async def annotate(self, task: MachineTask, semaphore: asyncio.Semaphore) -> None:
-        cfg = self.config
         is_clf = self._classified.get(task.id)
         if is_clf is None:
             async with semaphore:
-                prompt = build_classification_prompt(task.instruction, self.lang)
-                answer = await self.ask("classification", task.id, prompt, cfg.classification, None)
-            verdict = parse_classification(answer.text)
+                prompt = CLASSIFICATION.prompt(task.instruction, lang=self.lang)
+                answer = await self.ask(CLASSIFICATION, task.id, prompt)
+            verdict = self.read(CLASSIFICATION, prompt, answer, task.instruction)
             is_clf = bool(verdict)
             self.stats.classification["unparsed" if verdict is None else "yes" if verdict else "no"] += 1
             record = Classification(
@@ -333,22 +350,22 @@ class Pipeline:
             self.files.classification.write(record.model_dump())
 
         async with semaphore:
-            prompt = build_instance_prompt(task.instruction, is_clf, self.lang)
-            completion = await self.ask("instances", task.id, prompt, cfg.instances, INSTANCE_STOP)
-        # A completion continues the prompt's open label; a chat answer starts afresh.
-        opened = instance_prompt_tail(prompt) if self.llm.api == "completions" else ""
-        parsed = parse_instances(opened + completion.text, is_clf, completion.truncated)
-        self._finalize({
+            prompt = INSTANCES.prompt(task.instruction, is_clf, lang=self.lang)
+            completion = await self.ask(INSTANCES, task.id, prompt)
+        parsed = self.read(INSTANCES, prompt, completion, task.instruction, is_clf)
+        record = {
             "id": task.id,
             "instruction": task.instruction,
             "is_classification": is_clf,
             "instances": [i.model_dump() for i in parsed.instances],
             "truncated": parsed.truncated is not None,
             "raw": completion.text,
-        })  # fmt: skip
+        }
+        await self._publish(record, self._finalize(record), semaphore)
 
-    def _finalize(self, record: dict, replay: bool = False) -> None:
-        """Instance rules and near-duplicate removal for one task, then its dataset records.
+    def _finalize(self, record: dict, replay: bool = False) -> list[tuple[str, Instance]]:
+        """Instance rules, the language rule and near-duplicate removal for one task; the records
+        left, by id.
 
         The stage record is written first; replaying it after a crash recomputes the same records
         (the rules are deterministic and near-duplicates are checked in file order) and writes only
@@ -358,17 +375,41 @@ class Pipeline:
         kept, drops = apply_instance_rules(instances, self.config.max_instances)
         if record["truncated"]:
             drops["truncated"] += 1
-        keys = [f"{record['id']}-{n}" for n in range(len(kept))]
-        unique = [
-            (key, inst)
-            for key, inst in zip(keys, kept, strict=True)
-            if not self.near_duplicates.is_duplicate(key, record["id"], record["instruction"], inst.input)
-        ]
-        if len(unique) < len(kept):
-            drops["near_duplicate"] += len(kept) - len(unique)
+        unique = []
+        for n, inst in enumerate(kept):
+            key = f"{record['id']}-{n}"
+            if self.language and self.language.record_reason(record["instruction"], inst.output, inst.input):
+                drops["wrong_language"] += 1
+            elif self.near_duplicates.is_duplicate(key, record["id"], record["instruction"], inst.input):
+                drops["near_duplicate"] += 1
+            else:
+                unique.append((key, inst))
         if not replay:
             self.files.instances.write(InstanceRecord(**record, dropped=dict(drops)).model_dump())
-        for key, inst in unique:
+        self.stats.instances_generated += len(instances) + record["truncated"]
+        self.stats.instance_drops.update(drops)
+        return unique
+
+    async def _publish(
+        self, record: dict, unique: list[tuple[str, Instance]], semaphore: asyncio.Semaphore
+    ) -> None:
+        """Judge a task's records when the judge is on, then append those kept to dataset.jsonl."""
+        judge = self.config.judge
+        scores: list = [None] * len(unique)
+        if judge.enabled:
+            scores = await asyncio.gather(
+                *(self._judge(key, record["instruction"], inst, semaphore) for key, inst in unique)
+            )
+        for (key, inst), judgement in zip(unique, scores, strict=True):
+            extra = {}
+            if judge.enabled:
+                drop = self.stats.count_judgement(judgement, judge.min_score, judge.unparsed)
+                if drop:
+                    self.stats.instance_drops[drop] += 1
+                    continue
+                score, reason = (judgement.score, judgement.reason) if judgement else (None, None)
+                extra = {"score": score, "score_reason": reason}
+            self.stats.instances_kept += 1
             if key in self._dataset_ids:
                 continue
             example = DatasetRecord(
@@ -377,11 +418,30 @@ class Pipeline:
                 output=inst.output,
                 id=key,
                 is_classification=record["is_classification"],
+                **extra,
             )
             self.files.dataset.write(example.model_dump())
             self._dataset_ids.add(key)
-        self.stats.instances_generated += len(instances) + record["truncated"]
-        self.stats.instances_kept += len(unique)
-        self.stats.instance_drops.update(drops)
         self.stats.tasks_annotated += 1
         self.progress.advance()
+
+    async def _judge(
+        self, key: str, instruction: str, inst: Instance, semaphore: asyncio.Semaphore
+    ) -> Judgement | None:
+        """The judge's rating of one record (None: its answer could not be read); an earlier run's
+        rating when there is one."""
+        prior = self._judged.get(key)
+        if prior is None:
+            async with semaphore:
+                prompt = JUDGE.prompt(instruction, inst.input, inst.output, lang=self.lang)
+                completion = await self.ask(JUDGE, key, prompt)
+            judgement = self.read(JUDGE, prompt, completion)
+            prior = JudgementRecord(
+                id=key,
+                score=judgement.score if judgement else None,
+                reason=judgement.reason if judgement else None,
+                raw=completion.text,
+            ).model_dump()
+            self.files.judgements.write(prior)
+            self._judged[key] = prior
+        return None if prior["score"] is None else Judgement(prior["score"], prior["reason"] or "")

@@ -128,8 +128,20 @@ class InstanceRecord(_Record):
     )
     raw: str = Field(description="The model's response text as received.")
     dropped: dict[str, NonNegativeInt] = Field(
-        description="Instances dropped, by reason (instance rules, near_duplicate, truncated)."
+        description="Instances dropped, by reason (instance rules, wrong_language, near_duplicate, "
+        "truncated); the judge's drops are counted in stats.json."
     )
+
+
+class JudgementRecord(_Record):
+    """The judge's rating of one dataset record (judgements.jsonl); written before the record."""
+
+    id: str = Field(description="The dataset record's id.")
+    score: int | None = Field(
+        ge=1, le=5, description="1 (irrelevant or invalid) to 5 (valid and satisfying); None: unreadable."
+    )
+    reason: str | None = Field(description="The judge's one-sentence reason; None when unreadable.")
+    raw: str = Field(description="The judge's answer text as received.")
 
 
 class DatasetRecord(_Record):
@@ -148,6 +160,13 @@ class DatasetRecord(_Record):
         "kept (a near-duplicate dropped after them leaves a gap)."
     )
     is_classification: bool = Field(description="From the task's classification check.")
+    score: int | None = Field(
+        None,
+        ge=1,
+        le=5,
+        description="The judge's rating, 1-5 (judged runs only; None when its answer was unreadable).",
+    )
+    score_reason: str | None = Field(None, description="The judge's one-sentence reason (judged runs only).")
 
 
 class CachedResponse(_Record):
@@ -163,9 +182,10 @@ class CachedResponse(_Record):
     key: str = Field(
         description="Hash of (model, prompt, sampling settings, stop, index): selfinstruct.cache.request_key."
     )
-    stage: str = Field(description="The stage that asked: instructions, classification or instances.")
+    stage: str = Field(description="The stage that asked: instructions, classification, instances or judge.")
     index: str = Field(
-        description="The request's number in the instructions stage (a decimal string), else the task id."
+        description="The request's number in the instructions stage (a decimal string), the task id "
+        "(classification, instances) or the record id (judge)."
     )
     text: str = Field(description="The generated text.")
     finish_reason: str | None = Field(
@@ -173,6 +193,9 @@ class CachedResponse(_Record):
     )
     prompt_tokens: NonNegativeInt = Field(description="Prompt tokens, from the endpoint's usage.")
     completion_tokens: NonNegativeInt = Field(description="Generated tokens, from the endpoint's usage.")
+    endpoint: str | None = Field(
+        None, description="The base URL that answered; None in files written before it was recorded."
+    )
 
     @field_validator("index")
     @classmethod
@@ -199,6 +222,15 @@ class InstructionCounts(_Record):
     rejected: dict[str, NonNegativeInt] = Field(
         description="rejected.jsonl records by reason, most frequent first."
     )
+
+
+class JudgeCounts(_Record):
+    """stats.json `judge`: the judge's ratings of the records."""
+
+    scored: NonNegativeInt = Field(description="Records the judge rated with a readable score.")
+    low_score: NonNegativeInt = Field(description="Of those, dropped as under --min-score.")
+    unparsed: NonNegativeInt = Field(description="Records whose judge answer gave no score 1-5.")
+    histogram: dict[str, NonNegativeInt] = Field(description='Records by score, "1" to "5".')
 
 
 class InstanceCounts(_Record):
@@ -236,6 +268,14 @@ class EndpointCounts(_Record):
         description="Times it was taken out of rotation: a refused or reset connection, server errors "
         "or timeouts in a row, or no answer to the start-up check."
     )
+
+
+class StageEndpointCounts(_Record):
+    """stats.json `requests_by_stage_endpoint`: one stage's answered requests at one endpoint."""
+
+    requests: NonNegativeInt = Field(description="Answered requests (prompts).")
+    prompt_tokens: NonNegativeInt = Field(description="Prompt tokens.")
+    completion_tokens: NonNegativeInt = Field(description="Generated tokens.")
 
 
 class Stats(_Record):
@@ -276,6 +316,12 @@ class Stats(_Record):
         description="Counts per endpoint base URL, as given (--base-url or the started server's); "
         "empty in a stats.json written before they were counted.",
     )
+    requests_by_stage_endpoint: dict[str, dict[str, StageEndpointCounts]] = Field(
+        default_factory=dict,
+        description="Answered requests and tokens by stage, then by the base URL that answered "
+        '("" for responses recorded before the URL was).',
+    )
+    judge: JudgeCounts | None = Field(default=None, description="The judge's counts; None when it is off.")
 
 
 RESPONSES = "responses.jsonl"
@@ -285,6 +331,7 @@ RUN_FILES: dict[str, type[BaseModel]] = {
     "rejected.jsonl": Rejected,
     "classification.jsonl": Classification,
     "instances.jsonl": InstanceRecord,
+    "judgements.jsonl": JudgementRecord,
     "dataset.jsonl": DatasetRecord,
     RESPONSES: CachedResponse,
     STATS: Stats,

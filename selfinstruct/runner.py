@@ -7,7 +7,7 @@ import json
 import logging
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -16,10 +16,11 @@ from pydantic import ValidationError
 from selfinstruct.budget import BudgetSpent
 from selfinstruct.config import RunConfig, load_config, public_dict
 from selfinstruct.errors import EndpointError, UserError
-from selfinstruct.estimate import estimate, format_estimate
+from selfinstruct.estimate import estimate, format_estimate, run_stages
 from selfinstruct.filters import HeuristicFilter
-from selfinstruct.generation.backends import Endpoint, check_backend, open_endpoint
+from selfinstruct.generation.backends import check_backend, open_endpoint
 from selfinstruct.generation.client import LLMClient
+from selfinstruct.generation.dispatch import endpoint_counts
 from selfinstruct.interrupts import run_async
 from selfinstruct.locking import LOCK_NAME, exclusive
 from selfinstruct.pipeline import Pipeline
@@ -42,6 +43,9 @@ RESUMABLE_CHANGES = {
     "backend.max_batch",
     "backend.startup_timeout",
     "backend.server_args",
+    "classification.backend.base_urls",
+    "instances.backend.base_urls",
+    "judge.backend.base_urls",
     "price_input",
     "price_output",
     "token_budget",
@@ -62,7 +66,7 @@ def run(
     seeds = load_seeds(config.seeds)
     config.resolve_auto([s.instruction for s in seeds])
     heuristics = HeuristicFilter.from_file(config.filters)
-    check_backend(config.backend)
+    check_backends(config)
     if dry_run:
         print(dry_run_estimate(config, seeds, allow_changed_settings))
         return 0
@@ -74,10 +78,11 @@ def run(
         resuming = prepare_run_dir(run_dir, config, allow_changed_settings)
         write_json_atomic(run_dir / "config.json", public_dict(config))
         log.info("%s run directory %s", "resuming the" if resuming else "new", run_dir)
-        with open_endpoint(config.backend, run_dir / "vllm_server.log", config.seed) as endpoint:
+        with ExitStack() as servers:
+            endpoints = open_endpoints(config, run_dir, servers)
             try:
                 with _fewer_collections():
-                    stats = run_async(_generate(config, endpoint, seeds, heuristics, run_dir, progress))
+                    stats = run_async(_generate(config, endpoints, seeds, heuristics, run_dir, progress))
             except BudgetSpent as exc:
                 stats, stopped = exc.budget.stats, exc.budget
 
@@ -92,6 +97,38 @@ def run(
         )
         return 1
     return 0
+
+
+def check_backends(config: RunConfig) -> None:
+    """Each stage's backend can start; an error about a stage's own backend names its flags."""
+    check_backend(config.backend)
+    for stage in run_stages(config):
+        if config.stage_backend(stage) is config.backend:
+            continue
+        try:
+            check_backend(config.stage_backend(stage))
+        except UserError as exc:
+            raise UserError(str(exc).replace("--", f"--{stage}-")) from None
+
+
+def _backend_key(backend) -> tuple:
+    return backend.kind, backend.model, tuple(backend.base_urls)
+
+
+def open_endpoints(config: RunConfig, run_dir: Path, servers: ExitStack) -> dict[str, tuple]:
+    """Each stage's (backend, endpoint); stages on the same backend share its endpoint, and a server
+    the run starts for a stage of its own logs to vllm_server-<stage>.log. The servers stop when
+    `servers` closes."""
+    opened: dict[tuple, object] = {}
+    endpoints = {}
+    for stage in run_stages(config):
+        backend = config.stage_backend(stage)
+        key = _backend_key(backend)
+        if key not in opened:
+            name = "vllm_server.log" if backend is config.backend else f"vllm_server-{stage}.log"
+            opened[key] = servers.enter_context(open_endpoint(backend, run_dir / name, config.seed))
+        endpoints[stage] = (backend, opened[key])
+    return endpoints
 
 
 @contextmanager
@@ -152,6 +189,10 @@ def prepare_run_dir(path: Path, config: RunConfig, allow_changed_settings: bool)
         saved = _read_saved_config(saved_path)
         if config.backend.model is None:  # the served model a run found is saved under its name
             config.backend.model = saved.get("backend", {}).get("model")
+        for stage in ("classification", "instances", "judge"):
+            own = getattr(config, stage).backend
+            if own.base_urls and own.model is None:
+                own.model = saved.get(stage, {}).get("backend", {}).get("model")
         current = public_dict(config)
         saved_inputs, inputs = saved.pop("inputs", None), current.pop("inputs")
         edited = []
@@ -255,36 +296,70 @@ def served_model(served: dict[str, list[str]], model: str | None) -> str:
 
 async def _generate(
     config: RunConfig,
-    endpoint: Endpoint,
+    endpoints: dict[str, tuple],
     seeds: list[SeedTask],
     heuristics: HeuristicFilter,
     run_dir: Path,
     progress: bool,
 ) -> RunStats:
-    backend = config.backend
-    client = LLMClient(
-        endpoint.base_urls,
-        model=endpoint.model or "",
-        api_key=endpoint.api_key,
-        api=backend.api,
-        timeout=backend.timeout,
-        max_attempts=backend.max_attempts,
-        max_batch=backend.max_batch,
-    )
+    """Open one client per distinct (endpoint, model, api) among the stages, find the models they
+    serve, and run the pipeline."""
+    clients: dict[tuple, LLMClient] = {}
+    llms: dict[str, LLMClient] = {}
     try:
-        client.model = served_model(await client.list_models(), endpoint.model)
-        if backend.model != client.model:
-            config.backend.model = client.model
+        for stage, (backend, endpoint) in endpoints.items():
+            key = (id(endpoint), endpoint.model, backend.api)
+            if key not in clients:
+                client = clients[key] = LLMClient(
+                    endpoint.base_urls,
+                    model=endpoint.model or "",
+                    api_key=endpoint.api_key,
+                    api=backend.api,
+                    timeout=backend.timeout,
+                    max_attempts=backend.max_attempts,
+                    max_batch=backend.max_batch,
+                )
+                try:
+                    client.model = served_model(await client.list_models(), endpoint.model)
+                except EndpointError as exc:
+                    if endpoint.server is not None:
+                        endpoint.server.check_alive()
+                    raise EndpointError(
+                        f"{stage} stage: {exc}" if stage != "instructions" else str(exc)
+                    ) from None
+                log.info("%s: model %s at %s", stage, client.model, ", ".join(endpoint.base_urls))
+            llms[stage] = clients[key]
+        if _save_served_models(config, llms):
             write_json_atomic(run_dir / "config.json", public_dict(config))
-        log.info("model %s at %s", client.model, ", ".join(endpoint.base_urls))
-        pipeline = Pipeline(config, client, seeds, heuristics, run_dir, progress=progress)
-        client.retries.update(pipeline.stats.retries)  # counts of earlier runs of this directory
-        pipeline.stats.retries = client.retries
-        pipeline.stats.endpoints = client.pool.carry(pipeline.stats.endpoints)
-        return await pipeline.run()
-    except EndpointError:
-        if endpoint.server is not None:
-            endpoint.server.check_alive()  # a dead server we started explains the failure better
-        raise
+        pipeline = Pipeline(config, llms, seeds, heuristics, run_dir, progress=progress)
+        retries = pipeline.stats.retries  # counts of earlier runs of this directory
+        for client in clients.values():
+            client.retries = retries  # one count for every client
+        pipeline.stats.endpoints = endpoint_counts(
+            pipeline.stats.endpoints, [c.pool for c in clients.values()]
+        )
+        try:
+            return await pipeline.run()
+        except EndpointError:
+            for _, endpoint in endpoints.values():
+                if endpoint.server is not None:
+                    endpoint.server.check_alive()  # a dead server we started explains the failure better
+            raise
     finally:
-        await client.close()
+        for client in clients.values():
+            await client.close()
+
+
+def _save_served_models(config: RunConfig, llms: dict[str, LLMClient]) -> bool:
+    """Record the model an endpoint serves where the settings named none, so that config.json says
+    which model answered and a resume asks the same one; True when something changed."""
+    changed = False
+    if config.backend.model != llms["instructions"].model:
+        config.backend.model = llms["instructions"].model
+        changed = True
+    for stage in ("classification", "instances", "judge"):
+        own = getattr(config, stage).backend
+        if stage in llms and own.base_urls and own.model is None:
+            own.model = llms[stage].model
+            changed = True
+    return changed

@@ -13,7 +13,15 @@ from pydantic import BaseModel, NonNegativeFloat, NonNegativeInt, ValidationErro
 
 from selfinstruct.errors import first_error
 from selfinstruct.prompts import parse_classification
-from selfinstruct.records import EndpointCounts, InstanceCounts, InstructionCounts, Stats, TokenCounts
+from selfinstruct.records import (
+    EndpointCounts,
+    InstanceCounts,
+    InstructionCounts,
+    JudgeCounts,
+    StageEndpointCounts,
+    Stats,
+    TokenCounts,
+)
 
 log = logging.getLogger(__name__)
 
@@ -71,6 +79,11 @@ class RunStats:
     resumes: int = 0
     # Per endpoint URL: anything with EndpointCounts' fields (the client's dispatch.Endpoint objects).
     endpoints: dict = field(default_factory=dict)
+    # (stage, base URL) -> [requests, prompt tokens, completion tokens]
+    stage_endpoints: dict = field(default_factory=dict)
+    judging: bool = False  # the judge is on: stats.json has its counts
+    judge: Counter = field(default_factory=Counter)  # scored, low_score, unparsed
+    scores: Counter = field(default_factory=Counter)  # records by score
 
     @classmethod
     def resumed(
@@ -89,6 +102,7 @@ class RunStats:
             s.requests[r["stage"]] += 1
             s.stage_prompt_tokens[r["stage"]] += r["prompt_tokens"]
             s.stage_completion_tokens[r["stage"]] += r["completion_tokens"]
+            s._count_at(r["stage"], r.get("endpoint") or "", r["prompt_tokens"], r["completion_tokens"])
         s.prompt_tokens = sum(s.stage_prompt_tokens.values())
         s.completion_tokens = sum(s.stage_completion_tokens.values())
         if path.exists() and responses:
@@ -105,6 +119,27 @@ class RunStats:
         self.completion_tokens += completion.completion_tokens
         self.stage_prompt_tokens[stage] += completion.prompt_tokens
         self.stage_completion_tokens[stage] += completion.completion_tokens
+        self._count_at(stage, completion.endpoint, completion.prompt_tokens, completion.completion_tokens)
+
+    def _count_at(self, stage: str, endpoint: str, prompt_tokens: int, completion_tokens: int) -> None:
+        counts = self.stage_endpoints.get((stage, endpoint))
+        if counts is None:
+            counts = self.stage_endpoints[stage, endpoint] = [0, 0, 0]
+        counts[0] += 1
+        counts[1] += prompt_tokens
+        counts[2] += completion_tokens
+
+    def count_judgement(self, judgement, min_score: int | None, unparsed: str) -> str | None:
+        """Count one record's rating; the reason it is dropped for, if it is."""
+        if judgement is None:
+            self.judge["unparsed"] += 1
+            return "unparsed_score" if unparsed == "drop" else None
+        self.judge["scored"] += 1
+        self.scores[judgement.score] += 1
+        if min_score is not None and judgement.score < min_score:
+            self.judge["low_score"] += 1
+            return "low_score"
+        return None
 
     @property
     def elapsed(self) -> float:
@@ -166,4 +201,21 @@ class RunStats:
                 )
                 for url, c in self.endpoints.items()
             },
+            requests_by_stage_endpoint=self._by_stage_endpoint(),
+            judge=JudgeCounts(
+                scored=self.judge["scored"],
+                low_score=self.judge["low_score"],
+                unparsed=self.judge["unparsed"],
+                histogram={str(k): self.scores[k] for k in range(1, 6)},
+            )
+            if self.judging
+            else None,
         )
+
+    def _by_stage_endpoint(self) -> dict[str, dict[str, StageEndpointCounts]]:
+        out: dict[str, dict[str, StageEndpointCounts]] = {}
+        for (stage, url), (n, p, c) in self.stage_endpoints.items():
+            out.setdefault(stage, {})[url] = StageEndpointCounts(
+                requests=n, prompt_tokens=p, completion_tokens=c
+            )
+        return out

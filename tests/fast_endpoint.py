@@ -1,8 +1,9 @@
 """An OpenAI-compatible endpoint that answers at once, for tests of the run's own machinery.
 
 It reads which of the run's prompts it was sent (instruction list, classification check, input-first
-or output-first instances) and answers in that prompt's format with made-up words, so every stage
-runs and most instructions pass the filters. `latency` (seconds) delays each answer, to keep
+or output-first instances, judge) and answers in that prompt's format with made-up words, so every
+stage runs and most instructions pass the filters; `kinds` counts the prompts of each kind, and
+`formats` the requests that asked for a response_format. `latency` (seconds) delays each answer, to keep
 requests in flight; `items` instructions answer each instruction prompt; a completions request
 with a list of prompts gets one choice per prompt. Run it alone with
 `python tests/fast_endpoint.py --port 8123`.
@@ -13,6 +14,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import random
+from collections import Counter
 
 from aiohttp import web
 from local_server import LocalServer
@@ -31,6 +33,8 @@ class FastEndpoint(LocalServer):
         self.model = model
         self.requests = 0  # HTTP requests answered
         self.prompts = 0  # prompts answered (a completions request may carry several)
+        self.kinds: Counter[str] = Counter()  # prompts by the stage that sent them
+        self.formats = 0  # requests with a response_format
         self._rng = random.Random(seed)
 
     def routes(self, app: web.Application) -> None:
@@ -43,6 +47,7 @@ class FastEndpoint(LocalServer):
 
     async def _completions(self, request: web.Request) -> web.Response:
         body = await request.json()
+        self.formats += "response_format" in body
         prompts = body["prompt"] if isinstance(body["prompt"], list) else [body["prompt"]]
         texts = await asyncio.gather(*(self._answer(p) for p in prompts))
         choices = [{"index": n, "text": t, "finish_reason": "stop"} for n, t in enumerate(texts)]
@@ -50,6 +55,7 @@ class FastEndpoint(LocalServer):
 
     async def _chat(self, request: web.Request) -> web.Response:
         body = await request.json()
+        self.formats += "response_format" in body
         prompt = body["messages"][-1]["content"]
         text = await self._answer(prompt)
         message = {"role": "assistant", "content": text}
@@ -71,8 +77,14 @@ class FastEndpoint(LocalServer):
         if self.latency:
             await asyncio.sleep(self.latency * (0.5 + self._rng.random()))
         tail = prompt.rstrip().rsplit("\n", 1)[-1]
+        if tail.endswith('{"score":'):
+            self.kinds["judge"] += 1
+            score = self._rng.randint(1, 5)
+            return f' {score}, "reason": "It rates {score} of 5."}}'
         if tail.startswith("Is it classification?"):
+            self.kinds["classification"] += 1
             return " Yes" if self._rng.random() < 0.2 else " No"
+        self.kinds["instances" if tail.startswith(("Class label:", "Input:")) else "instructions"] += 1
         if tail.startswith("Class label:"):
             pairs = [f"{self._word()}\nInput: {self._sentence(6)}" for _ in range(2)]
             return " " + "\nClass label: ".join(pairs)

@@ -153,21 +153,33 @@ def test_with_every_endpoint_out_requests_go_to_the_one_due_first():
     assert pool.acquire() is c
 
 
-def test_carried_counts_add_up_and_urls_no_longer_used_are_kept():
+def test_counts_add_up_over_earlier_runs_and_pools_and_urls_no_longer_used_are_kept():
+    from selfinstruct.generation.dispatch import endpoint_counts
     from selfinstruct.records import EndpointCounts
 
     pool, _ = pool_of(2)
+    other, _ = pool_of(1)  # another stage's model on the first URL
     a, _ = pool.endpoints
     pool.acquire()
+    other.failed(other.endpoints[0], "timeout", False)
     earlier = {
         "u0": EndpointCounts(requests=10, failures={"connection": 2}, prompt_tokens=5, completion_tokens=6,
                              times_down=1),
         "old": EndpointCounts(requests=3, failures={}, prompt_tokens=1, completion_tokens=1, times_down=0),
     }  # fmt: skip
-    counts = pool.carry(earlier)
-    assert list(counts) == ["u0", "old", "u1"] and counts["u0"] is a and counts["old"] is earlier["old"]
-    assert (a.requests, a.failures, a.times_down, a.prompt_tokens) == (11, {"connection": 2}, 1, 5)
+    counts = endpoint_counts(earlier, [pool, other])
+    assert list(counts) == ["u0", "old", "u1"]
+    u0 = counts["u0"]
+    assert (u0.requests, u0.failures, u0.times_down, u0.prompt_tokens) == (
+        11,
+        {"connection": 2, "timeout": 1},
+        1,
+        5,
+    )
+    assert counts["old"].requests == 3 and counts["u1"].requests == 0
     assert a.sent == 1  # the choice weighs this process's requests only
+    pool.succeeded(a, 7, 2)
+    assert counts["u0"].prompt_tokens == 12  # read live when stats.json is written
 
 
 # The client ------------------------------------------------------------------------------------

@@ -8,7 +8,7 @@ import pytest
 from pydantic import BaseModel, Field
 
 from selfinstruct.cli import build_parser
-from selfinstruct.config import Backend, RunConfig, Sampling, load_config
+from selfinstruct.config import Backend, RunConfig, Sampling, StageBackend, load_config
 from selfinstruct.errors import UserError
 from selfinstruct.flags import Flag, FlagGroup, add_config_flags, config_flags, given_settings
 
@@ -40,13 +40,21 @@ def test_the_flags_that_existed_keep_their_spelling_and_key():
     assert {flag: keys.get(flag) for flag in KEPT_FLAGS} == KEPT_FLAGS
 
 
-def test_every_setting_of_the_run_top_level_instructions_and_backend_has_a_flag():
-    keys = {flag.key for flag in config_flags(RunConfig)}
-    sections = {"instructions", "classification", "instances", "backend"}  # only two have flags
+def test_every_setting_of_the_run_has_a_flag_and_the_stages_theirs_with_a_prefix():
+    flags = {flag.key: flag.name for flag in config_flags(RunConfig)}
+    sections = {"instructions", "classification", "instances", "judge", "backend"}
     expected = set(RunConfig.model_fields) - sections
     expected |= {f"instructions.{name}" for name in Sampling.model_fields}
     expected |= {f"backend.{name}" for name in Backend.model_fields}
-    assert keys == expected
+    for stage in ("classification", "instances", "judge"):
+        expected |= {f"{stage}.{name}" for name in Sampling.model_fields}
+        expected |= {f"{stage}.backend.{name}" for name in StageBackend.model_fields}
+    expected |= {"judge.enabled", "judge.min_score", "judge.unparsed"}
+    assert set(flags) == expected
+    assert flags["judge.backend.base_urls"] == "--judge-base-url"
+    assert flags["instances.backend.model"] == "--instances-model"
+    assert flags["classification.temperature"] == "--classification-temperature"
+    assert (flags["judge.enabled"], flags["judge.min_score"]) == ("--judge", "--min-score")
 
 
 def test_the_help_shows_each_description_and_the_models_default():

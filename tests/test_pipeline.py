@@ -31,7 +31,7 @@ class FakeLLM:
         self.instruction_texts = iter(instruction_texts)
         self.prompts: list[str] = []
 
-    async def complete(self, prompt, sampling, stop=None):
+    async def complete(self, prompt, sampling, stop=None, response_format=None):
         self.prompts.append(prompt)
         await asyncio.sleep(0)
         if prompt.startswith("Come up with"):
@@ -155,7 +155,7 @@ class CrashingLLM(FakeLLM):
         super().__init__(instruction_texts)
         self.crash_at = crash_at
 
-    async def complete(self, prompt, sampling, stop=None):
+    async def complete(self, prompt, sampling, stop=None, response_format=None):
         if len(self.prompts) + 1 == self.crash_at:
             raise Crash
         return await super().complete(prompt, sampling, stop)

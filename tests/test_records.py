@@ -64,8 +64,9 @@ class ScriptedLLM:
     def __init__(self):
         self.instruction_replies = iter(INSTRUCTION_REPLIES)
         self.checks = 0
+        self.judged = 0
 
-    async def complete(self, prompt, sampling, stop=None):
+    async def complete(self, prompt, sampling, stop=None, response_format=None):
         await asyncio.sleep(0)
         if prompt.startswith("Come up with"):
             return next(self.instruction_replies)
@@ -76,6 +77,10 @@ class ScriptedLLM:
             return Completion(text, "stop", 10, 1)
         if prompt.endswith("Class label:"):
             return Completion(CLASS_LABELS, "length", 20, 30)
+        if prompt.endswith('{"score":'):  # the judge: a good score, a low one, an unreadable answer
+            self.judged += 1
+            text = [' 5, "reason": "Correct."}', ' 1, "reason": "Off topic."}', " great"][self.judged % 3]
+            return Completion(text, "stop", 40, 9)
         return Completion(INPUT_FIRST, "stop", 20, 25)
 
 
@@ -83,6 +88,7 @@ class ScriptedLLM:
 def run_dir(tmp_path_factory) -> Path:
     run_dir = tmp_path_factory.mktemp("run")
     config = RunConfig(num_instructions=4, concurrency=1, seed=7)
+    config.judge.enabled, config.judge.min_score, config.judge.unparsed = True, 3, "keep"
     heuristics = HeuristicFilter.from_file(resource_path("filters/default.toml"))
     asyncio.run(Pipeline(config, ScriptedLLM(), SEEDS, heuristics, run_dir, progress=False).run())
     return run_dir

