@@ -92,3 +92,47 @@ def test_unknown_model_is_a_one_line_error(vllm_server, tmp_path: Path):
     assert result.returncode == 2
     assert result.stderr.strip().splitlines()[-1].startswith("error: model 'no-such-model' is not served")
     assert "Traceback" not in result.stderr
+
+
+def test_a_judged_run_killed_mid_judging_resumes_and_every_kept_record_meets_the_threshold(
+    vllm_server, tmp_path: Path
+):
+    """Structured output on the real server: every judge answer parses. The run is killed once the
+    first judgements are written and resumed: no record judged twice, none lost."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    out, min_score = tmp_path / "run", 2
+    cmd = [
+        sys.executable, "-m", "selfinstruct", "run", "--backend", "openai",
+        "--base-url", vllm_server.base_url, "-n", "6", "-o", str(out), "--seed", "4",
+        "--concurrency", "8", "--no-progress",
+        "--judge", "--min-score", str(min_score),
+    ]  # fmt: skip
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 900
+    judgements = out / "judgements.jsonl"
+    while proc.poll() is None and not (judgements.exists() and judgements.read_text().count("\n") >= 1):
+        assert time.monotonic() < deadline, "no judgement written"
+        time.sleep(0.2)
+    killed = proc.poll() is None
+    if killed:
+        os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    before = read_jsonl(judgements)
+    result = selfinstruct(*cmd[3:], timeout=1200)
+    assert result.returncode == 0, result.stderr[-3000:]
+    stats = json.loads((out / "stats.json").read_text())
+    judged = read_jsonl(judgements)
+    assert judged[: len(before)] == before and len({j["id"] for j in judged}) == len(judged)
+    paid = [r["index"] for r in read_jsonl(out / "responses.jsonl") if r["stage"] == "judge"]
+    assert sorted(paid) == sorted(j["id"] for j in judged)  # one request per record, none lost
+    dataset = read_jsonl(out / "dataset.jsonl")
+    assert all(isinstance(r["score"], int) and r["score"] >= min_score for r in dataset)
+    judge = stats["judge"]
+    print(f"\njudged embedded run (killed: {killed}): {judge}")
+    assert judge["unparsed"] == 0 and judge["scored"] == len(judged) > 0
+    assert judge["scored"] == len(dataset) + judge["low_score"]
