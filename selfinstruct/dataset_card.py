@@ -53,7 +53,7 @@ LAYOUTS = {
     "messages": "chat records (messages: the first user turn, the last assistant turn)",
     "mixed": "records in several layouts",
 }
-STAGES = ("instructions", "classification", "instances")
+STAGES = ("instructions", "classification", "instances", "judge")
 SAMPLING = ("temperature", "top_p", "max_tokens", "presence_penalty", "frequency_penalty")
 
 
@@ -203,7 +203,9 @@ def _run_sections(source: Source) -> list[str]:
         ("seed", _value(config.get("seed"), "none")),
     ]  # fmt: skip
     sampling = [
-        (f"`{stage}`", *(_value(_section(config, stage).get(k)) for k in SAMPLING)) for stage in STAGES
+        (f"`{stage}`", *(_value(_section(config, stage).get(k)) for k in SAMPLING))
+        for stage in STAGES
+        if stage != "judge" or _section(config, "judge").get("enabled")
     ]
     command, toml = run_command(config)
     how = [
@@ -312,9 +314,14 @@ def run_command(config: dict[str, Any]) -> tuple[str, str]:
         else:
             toml[key] = value
     for stage in STAGES:
-        sampling = _section(config, stage)
-        if sampling and sampling != default_config[stage]:
-            toml |= {f"{stage}.{k}": v for k, v in sampling.items()}
+        settings = {k: v for k, v in _section(config, stage).items() if k != "backend"}
+        if settings and settings != {k: v for k, v in default_config[stage].items() if k != "backend"}:
+            toml |= {f"{stage}.{k}": v for k, v in settings.items()}
+        own = _section(_section(config, stage), "backend")  # a stage's own model: flags
+        for name, value in own.items():
+            flag = flag_of.get(f"{stage}.backend.{name}")
+            if flag and value not in (None, []):
+                args += [flag, ",".join(["URL"] * len(value)) if name == "base_urls" else str(value)]
     inputs = _section(config, "inputs")
     if inputs.get("seeds_sha256") != file_sha256(resource_path("seeds/en.jsonl")):
         args += ["--seeds", Path(str(config.get("seeds", "seeds.jsonl"))).name]

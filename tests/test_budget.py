@@ -150,7 +150,7 @@ def table(stdout: str) -> dict[str, list[int]]:
     rows = {}
     for line in stdout.splitlines():
         cells = line.split()
-        if cells and cells[0] in ("instructions", "classification", "instances", "total"):
+        if cells and cells[0] in ("instructions", "classification", "instances", "judge", "total"):
             rows[cells[0]] = [float(c.replace(",", "")) for c in cells[1:]]
     return rows
 
@@ -177,6 +177,21 @@ def test_dry_run_prints_the_estimate_and_creates_nothing(tmp_path, monkeypatch):
     assert "assumed: 7 instructions per request (the list stops at item 16), 50% of them accepted" in out
     assert "counted with ≈ characters / 4 (CJK characters 1 each)" in out
     assert "--token-budget 100,000: stops the run at about" in out
+    assert "judge" not in rows  # the judge is off
+
+
+def test_dry_run_with_the_judge_counts_one_judge_request_per_record(tmp_path):
+    result = run(
+        "http://127.0.0.1:9/v1", tmp_path / "new", 100, "--judge", "--judge-max-tokens", "20", "--dry-run"
+    )
+    assert result.returncode == 0, result.stderr
+    rows = table(result.stdout)
+    assert rows["judge"][0] == 200 and rows["judge"][2] == 200 * 20  # 2 records per task; min(30, max_tokens)
+    assert rows["judge"][1] > 200 * 100  # the rubric and a record: over 100 tokens a prompt
+    assert rows["total"][0] == sum(
+        rows[s][0] for s in ("instructions", "classification", "instances", "judge")
+    )
+    assert "2 records to judge per task" in result.stdout
 
 
 def test_dry_run_on_a_run_directory_estimates_the_rest_from_its_own_averages(tmp_path):

@@ -127,3 +127,26 @@ def test_an_endpoint_refusing_response_format_is_asked_without_it_from_then_on(c
         assert endpoint.formats == 1 and endpoint.kinds["judge"] == 3  # refused once, then never sent
     assert client.structured is False and all(1 <= j.score <= 5 for j in judgements)
     assert sum("refused response_format" in r.getMessage() for r in caplog.records) == 1
+
+
+def test_the_dataset_cards_command_for_a_judged_run_with_its_own_judge_model_makes_the_same_settings(
+    tmp_path: Path,
+):
+    import shlex
+
+    from selfinstruct.cli import build_parser
+    from selfinstruct.config import RunConfig, load_config
+    from selfinstruct.dataset_card import run_command
+    from selfinstruct.flags import given_settings
+
+    config = RunConfig(num_instructions=5)
+    config.judge.enabled, config.judge.min_score, config.judge.max_tokens = True, 4, 100
+    config.judge.backend.base_urls, config.judge.backend.model = ["http://10.0.0.5:8001/v1"], "big"
+    command, toml = run_command(config.model_dump(mode="json"))
+    assert "10.0.0.5" not in command + toml and "--judge-base-url URL" in command
+    (tmp_path / "run.toml").write_text(toml)
+    argv = [config.judge.backend.base_urls[0] if a == "URL" else a for a in shlex.split(command)[3:]]
+    argv = [str(tmp_path / "run.toml") if a == "run.toml" else a for a in argv]
+    args = build_parser().parse_args(argv)
+    again = load_config(args.config, *given_settings(args))
+    assert again.judge == config.judge
