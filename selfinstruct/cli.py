@@ -1,4 +1,4 @@
-"""`python -m selfinstruct <command>`: run, seeds, dedup, train, report, export, models."""
+"""`python -m selfinstruct <command>`: run, score, seeds, dedup, train, report, export, models."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 from selfinstruct import __version__, interrupts
-from selfinstruct.config import RunConfig
+from selfinstruct.config import RunConfig, ScoreConfig
 from selfinstruct.errors import UserError
 from selfinstruct.flags import add_config_flags, given_settings
 
@@ -38,6 +38,24 @@ def build_parser() -> argparse.ArgumentParser:
         help="Resume a run directory even though settings that shape the data differ.",
     )
     run.set_defaults(func=cmd_run)
+
+    score = commands.add_parser(
+        "score",
+        help="Rate every record of an instruction file 1-5 with the run's LLM judge.",
+        description="Reads a run's dataset.jsonl, Alpaca JSON/JSONL, seed tasks or chat messages; writes "
+        "OUTPUT as JSONL with score and score_reason on each record, in input order. The judge's answers "
+        "are cached in OUTPUT.responses.jsonl: the same command again resumes a stopped score without "
+        "paying any request twice. See docs/judge.md.",
+    )
+    score.add_argument("input", type=Path, help="Run directory, or Alpaca / dataset / seed / chat JSON(L).")
+    score.add_argument("-o", "--output", type=Path, required=True, help="JSONL file to write.")
+    score.add_argument("--config", type=Path, help="TOML file with settings (flags override it).")
+    add_config_flags(score, ScoreConfig, "--config")
+    score.add_argument("--no-progress", action="store_true", help="Hide the progress bar.")
+    score.add_argument(
+        "--overwrite", action="store_true", help="Replace OUTPUT and its cache, and score from nothing."
+    )
+    score.set_defaults(func=cmd_score)
 
     seeds = commands.add_parser("seeds", help="Work with seed task files.")
     seeds_cmds = seeds.add_subparsers(dest="seeds_command", required=True)
@@ -151,6 +169,16 @@ def cmd_run(args: argparse.Namespace) -> int:
         allow_changed_settings=args.allow_changed_settings,
         dry_run=args.dry_run,
     )
+
+
+def cmd_score(args: argparse.Namespace) -> int:
+    from selfinstruct.score import score
+
+    overrides, flag_names = given_settings(args)
+    return score(
+        args.input, args.output, args.config, overrides, flag_names,
+        progress=not args.no_progress, overwrite=args.overwrite,
+    )  # fmt: skip
 
 
 def cmd_dedup(args: argparse.Namespace) -> int:

@@ -1,6 +1,7 @@
-"""Every setting of a run, in one place: pydantic models, read from TOML, overridden from the CLI.
+"""Every setting of a run (and of `score`), in one place: pydantic models, read from TOML,
+overridden from the CLI.
 
-The `run` command's flags are derived from these models (see flags.py): a new field is a new flag,
+The `run` and `score` commands' flags are derived from these models (see flags.py): a new field is a new flag,
 with its description as the help; `Flag(...)` beside a field spells its flag differently.
 """
 
@@ -133,6 +134,10 @@ class Judge(StageSampling):
     )
 
 
+# A score and one sentence (selfinstruct.judge), read the same way every time.
+JUDGE_SAMPLING = {"temperature": 0.0, "top_p": 1.0, "max_tokens": 160}
+
+
 class RunConfig(_Section):
     """Settings of `selfinstruct run`."""
 
@@ -218,7 +223,7 @@ class RunConfig(_Section):
         description="Sampling and model for instance generation.",
     )
     judge: Annotated[Judge, FlagGroup("judge-")] = Field(
-        default_factory=lambda: Judge(temperature=0.0, top_p=1.0, max_tokens=160),
+        default_factory=lambda: Judge(**JUDGE_SAMPLING),
         description="The LLM judge: whether it runs, its threshold, sampling and model.",
     )
     backend: Annotated[Backend, FlagGroup()] = Field(default_factory=Backend, description="Model endpoint.")
@@ -247,11 +252,45 @@ class RunConfig(_Section):
             self.tokenizer = default_tokenizer(seed_instructions)
 
 
+class ScoreConfig(_Section):
+    """Settings of `selfinstruct score`."""
+
+    concurrency: int = Field(16, ge=1, description="Requests in flight at once.")
+    min_score: Annotated[int | None, Flag("--min-score")] = Field(
+        None,
+        ge=1,
+        le=5,
+        description="Write only records the judge scores at least this (the rest: low_score).",
+    )
+    unparsed: Annotated[Literal["drop", "keep"], Flag("--judge-unparsed")] = Field(
+        "drop",
+        description="A record whose judge answer could not be read: leave it out, or write it with score "
+        "null.",
+    )
+    language: Literal["auto", "en", "zh"] = Field(
+        "auto",
+        description="Rubric language; auto: Chinese when the instructions are mostly CJK text, else English.",
+    )
+    seed: int | None = Field(None, description="The engine seed of a server the command starts.")
+    judge: Annotated[Sampling, FlagGroup("judge-")] = Field(
+        default_factory=lambda: Sampling(**JUDGE_SAMPLING),
+        description="Sampling for the judge.",
+    )
+    backend: Annotated[Backend, FlagGroup()] = Field(default_factory=Backend, description="Model endpoint.")
+
+
 STAGES = ("instructions", "classification", "instances", "judge")
 
 
-def load_config(path: Path | None, overrides: dict[str, Any], flag_names: dict[str, str]) -> RunConfig:
-    """Merge a TOML file and CLI overrides (dotted keys) and validate them in one place.
+def load_config(
+    path: Path | None,
+    overrides: dict[str, Any],
+    flag_names: dict[str, str],
+    model: type[_Section] = RunConfig,
+    command: str = "run",
+) -> Any:
+    """Merge a TOML file and CLI overrides (dotted keys) and validate them in one place, as a
+    `model` (RunConfig, or the settings of another command that reads a --config file).
 
     flag_names maps a dotted key to the CLI flag that set it, so errors name what the user typed.
     """
@@ -264,16 +303,17 @@ def load_config(path: Path | None, overrides: dict[str, Any], flag_names: dict[s
         for key in parents:
             node = node.setdefault(key, {})
             if not isinstance(node, dict):  # e.g. `backend = "openai"` in the file and --model given
-                raise UserError(_not_a_table(path, key, node))
+                raise UserError(_not_a_table(model, path, key, node))
         node[leaf] = value
-    for stage in STAGES:  # a partial table keeps the stage's own defaults, not Sampling's
-        if isinstance(data.get(stage), dict):
-            data[stage] = RunConfig.model_fields[stage].default_factory().model_dump() | data[stage]
+    for name, field in model.model_fields.items():  # a partial table keeps the section's own defaults
+        if isinstance(data.get(name), dict) and field.default_factory is not None:
+            data[name] = field.default_factory().model_dump() | data[name]
     try:
-        config = RunConfig.model_validate(data)
+        config = model.model_validate(data)
     except ValidationError as exc:
-        raise UserError(_describe(exc, path, overrides, flag_names)) from None
-    _check_prices(config, path, overrides, flag_names)
+        raise UserError(_describe(exc, path, overrides, flag_names, model, command)) from None
+    if isinstance(config, RunConfig):
+        _check_prices(config, path, overrides, flag_names)
     return config
 
 
@@ -297,8 +337,8 @@ def _check_prices(config: RunConfig, path: Path | None, overrides: dict, flag_na
         )
 
 
-def _not_a_table(path: Path | None, key: str, value: Any) -> str:
-    section = RunConfig.model_fields[key].annotation
+def _not_a_table(model: type[_Section], path: Path | None, key: str, value: Any) -> str:
+    section = model.model_fields[key].annotation
     first = next(iter(section.model_fields)) if isinstance(section, type) else "..."
     return (
         f"{path}: {key}: expected a table ([{key}] with {first} = ...) — got {value!r}; "
@@ -310,15 +350,17 @@ def read_toml(path: Path) -> dict[str, Any]:
     return tasks.read_toml(path, "config file not found — check the --config path")
 
 
-def _describe(exc: ValidationError, path: Path | None, overrides: dict, flag_names: dict) -> str:
+def _describe(
+    exc: ValidationError, path: Path | None, overrides: dict, flag_names: dict, model: type, command: str
+) -> str:
     parts = []
     for err in exc.errors():
         dotted = ".".join(str(p) for p in err["loc"])
         where = flag_names.get(dotted) if dotted in overrides else f"{path or 'config'}: {dotted}"
         if err["type"] == "extra_forbidden":
-            parts.append(f"{where}: unknown setting — see `python -m selfinstruct run --help`")
-        elif err["type"] == "model_type" and dotted in RunConfig.model_fields and dotted not in overrides:
-            parts.append(_not_a_table(path, dotted, err.get("input")))
+            parts.append(f"{where}: unknown setting — see `python -m selfinstruct {command} --help`")
+        elif err["type"] == "model_type" and dotted in model.model_fields and dotted not in overrides:
+            parts.append(_not_a_table(model, path, dotted, err.get("input")))
         else:
             parts.append(f"{where}: {err['msg']} (got {err.get('input')!r})")
     return "; ".join(parts)

@@ -32,12 +32,12 @@ class Progress:
         self._shown = 0.0
 
     @contextmanager
-    def stage(self, name: str, total: int):
+    def stage(self, name: str, total: int, unit: str = "task"):
         interactive = sys.stderr.isatty()
         self.bar = tqdm(
             total=total,
             desc=name,
-            unit="task",
+            unit=unit,
             disable=not self.enabled,
             mininterval=0.5 if interactive else 15,
             dynamic_ncols=True,

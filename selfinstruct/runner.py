@@ -205,7 +205,7 @@ def prepare_run_dir(path: Path, config: RunConfig, allow_changed_settings: bool)
                     )
                 elif saved.get(setting) != current[setting]:
                     saved[setting] = current[setting]  # moved or renamed, same content
-        changed = [k for k in _differences(saved, current) if k not in RESUMABLE_CHANGES]
+        changed = [k for k in differences(saved, current) if k not in RESUMABLE_CHANGES]
         if edited and not allow_changed_settings:
             raise UserError(
                 f"{path}: {'; '.join(edited)} — put the original back, choose another --output-dir, "
@@ -269,11 +269,11 @@ def summary_line(stats: RunStats, dataset: Path) -> str:
     return line
 
 
-def _differences(a: Any, b: Any, prefix: str = "") -> list[str]:
+def differences(a: Any, b: Any, prefix: str = "") -> list[str]:
     """Dotted keys whose values differ between two nested dicts."""
     if isinstance(a, dict) and isinstance(b, dict):
         keys = sorted(set(a) | set(b))
-        return [d for k in keys for d in _differences(a.get(k), b.get(k), f"{prefix}{k}.")]
+        return [d for k in keys for d in differences(a.get(k), b.get(k), f"{prefix}{k}.")]
     return [] if a == b else [prefix.rstrip(".")]
 
 
