@@ -35,6 +35,7 @@ an earlier record of the same task.
 
 from __future__ import annotations
 
+import io
 import re
 from collections.abc import Iterable
 from functools import cache, lru_cache
@@ -203,9 +204,27 @@ def asks_for(instruction: str, lang: str) -> bool:
 @cache
 def _identifier(candidates: tuple[str, ...]):
     """py3langid's model restricted to the candidates and their varieties, with probabilities."""
-    from py3langid.langid import MODEL_FILE, LanguageIdentifier
+    import lzma
+    from pathlib import Path
 
-    identifier = LanguageIdentifier.from_model_file(MODEL_FILE, norm_probs=True)
+    import numpy as np
+    from py3langid import modelio
+    from py3langid.langid import MODEL_DIR, MODEL_FILE, LanguageIdentifier
+
+    # py3langid's own loader unpacks the model (68 MB) into a temporary file; a run must not need
+    # free disk space for that, so it is unpacked in memory here, into the same arrays.
+    with lzma.open(Path(MODEL_DIR) / MODEL_FILE) as packed:
+        unpacked = io.BytesIO(packed.read())
+    with np.load(unpacked, allow_pickle=False) as data:
+        identifier = LanguageIdentifier(
+            np.asarray(data["ptc"]),
+            np.asarray(data["pc"]),
+            data["classes"].tolist(),
+            modelio._to_array(data["nextmove"]),
+            data["out_feat"].tolist(),
+            norm_probs=True,
+            tk_row=modelio._to_array(data["nextmove_row"]),
+        )
     unknown = [c for c in candidates if c not in identifier.labels]
     if unknown:
         raise ValueError(f"py3langid does not identify {', '.join(unknown)}: use an ISO 639-1 code it knows")
