@@ -18,7 +18,7 @@ from selfinstruct.config import RunConfig, load_config, public_dict
 from selfinstruct.errors import EndpointError, UserError
 from selfinstruct.estimate import estimate, format_estimate, run_stages
 from selfinstruct.filters import HeuristicFilter
-from selfinstruct.generation.backends import check_backend, open_endpoint
+from selfinstruct.generation.backends import REACHING_THE_ENDPOINT, check_backend, client_for, open_endpoint
 from selfinstruct.generation.client import LLMClient
 from selfinstruct.generation.dispatch import endpoint_counts
 from selfinstruct.interrupts import run_async
@@ -37,12 +37,7 @@ RESUMABLE_CHANGES = {
     "num_instructions",
     "max_requests",
     "concurrency",
-    "backend.base_urls",
-    "backend.timeout",
-    "backend.max_attempts",
-    "backend.max_batch",
-    "backend.startup_timeout",
-    "backend.server_args",
+    *REACHING_THE_ENDPOINT,
     "classification.backend.base_urls",
     "instances.backend.base_urls",
     "judge.backend.base_urls",
@@ -310,15 +305,7 @@ async def _generate(
         for stage, (backend, endpoint) in endpoints.items():
             key = (id(endpoint), endpoint.model, backend.api)
             if key not in clients:
-                client = clients[key] = LLMClient(
-                    endpoint.base_urls,
-                    model=endpoint.model or "",
-                    api_key=endpoint.api_key,
-                    api=backend.api,
-                    timeout=backend.timeout,
-                    max_attempts=backend.max_attempts,
-                    max_batch=backend.max_batch,
-                )
+                client = clients[key] = client_for(endpoint, backend)
                 try:
                     client.model = served_model(await client.list_models(), endpoint.model)
                 except EndpointError as exc:

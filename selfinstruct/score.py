@@ -35,7 +35,13 @@ from selfinstruct.cache import ResponseCache, request_key
 from selfinstruct.config import Sampling, ScoreConfig, load_config
 from selfinstruct.errors import EndpointError, UserError
 from selfinstruct.filters.tokenizers import detect_language
-from selfinstruct.generation.backends import Endpoint, check_backend, open_endpoint
+from selfinstruct.generation.backends import (
+    REACHING_THE_ENDPOINT,
+    Endpoint,
+    check_backend,
+    client_for,
+    open_endpoint,
+)
 from selfinstruct.generation.client import Completion, LLMClient
 from selfinstruct.judge import Judgement
 from selfinstruct.locking import exclusive
@@ -55,12 +61,7 @@ RESUMABLE_CHANGES = {
     "concurrency",
     "min_score",
     "unparsed",
-    "backend.base_urls",
-    "backend.timeout",
-    "backend.max_attempts",
-    "backend.max_batch",
-    "backend.startup_timeout",
-    "backend.server_args",
+    *REACHING_THE_ENDPOINT,
 }
 
 
@@ -225,15 +226,7 @@ async def _score(
     """Open the client, then rate every record; a server this command started and that died is what
     an endpoint error is reported as."""
     backend = config.backend
-    client = LLMClient(
-        endpoint.base_urls,
-        model=endpoint.model or "",
-        api_key=endpoint.api_key,
-        api=backend.api,
-        timeout=backend.timeout,
-        max_attempts=backend.max_attempts,
-        max_batch=backend.max_batch,
-    )
+    client = client_for(endpoint, backend)
     cache = ResponseCache(paths.responses)
     try:
         client.model = served_model(await client.list_models(), endpoint.model)

@@ -11,8 +11,20 @@ from pathlib import Path
 
 from selfinstruct.config import Backend
 from selfinstruct.errors import UserError
+from selfinstruct.generation.client import LLMClient
 from selfinstruct.generation.embedded import MODEL_NAME, prepare_embedded_model
 from selfinstruct.generation.server import CPU_ARGS, CPU_ENV, VLLMServer, cuda_available
+
+# Backend settings that say how to reach the endpoint and change no answer: they may differ when a
+# run (or a score) is resumed.
+REACHING_THE_ENDPOINT = (
+    "backend.base_urls",
+    "backend.timeout",
+    "backend.max_attempts",
+    "backend.max_batch",
+    "backend.startup_timeout",
+    "backend.server_args",
+)
 
 
 @dataclass
@@ -21,6 +33,19 @@ class Endpoint:
     model: str | None  # None: use the first model the endpoint lists
     api_key: str = "EMPTY"
     server: VLLMServer | None = None  # set when the run started the server itself
+
+
+def client_for(endpoint: Endpoint, backend: Backend) -> LLMClient:
+    """The client for an opened endpoint, with the backend's API, timeouts, retries and batching."""
+    return LLMClient(
+        endpoint.base_urls,
+        model=endpoint.model or "",
+        api_key=endpoint.api_key,
+        api=backend.api,
+        timeout=backend.timeout,
+        max_attempts=backend.max_attempts,
+        max_batch=backend.max_batch,
+    )
 
 
 def check_backend(backend: Backend) -> None:
