@@ -181,7 +181,8 @@ def prepare_run_dir(path: Path, config: RunConfig, allow_changed_settings: bool)
     if any(not _leftover(p) for p in path.iterdir()):
         if not saved_path.is_file():
             raise UserError(f"{path}: output directory is not empty — choose another --output-dir")
-        saved = _read_saved_config(saved_path)
+        # A setting added since the run was saved counts as its default.
+        saved = _with_defaults(_read_saved_config(saved_path), RunConfig().model_dump(mode="json"))
         if config.backend.model is None:  # the served model a run found is saved under its name
             config.backend.model = saved.get("backend", {}).get("model")
         for stage in ("classification", "instances", "judge"):
@@ -213,6 +214,18 @@ def prepare_run_dir(path: Path, config: RunConfig, allow_changed_settings: bool)
             )
         return True
     return False
+
+
+def _with_defaults(saved: dict[str, Any], defaults: dict[str, Any]) -> dict[str, Any]:
+    """The saved settings, with the defaults of those it does not have (settings a later version
+    added: a run directory saved before them resumes as if they had their defaults)."""
+    out = dict(saved)
+    for key, value in defaults.items():
+        if key not in out:
+            out[key] = value
+        elif isinstance(value, dict) and isinstance(out[key], dict):
+            out[key] = _with_defaults(out[key], value)
+    return out
 
 
 def _read_saved_config(path: Path) -> dict[str, Any]:

@@ -230,6 +230,18 @@ def test_a_run_directory_saved_without_input_hashes_resumes_as_before(tmp_path: 
     assert_user_error(start_run(tmp_path, "--seeds", str(tmp_path / "other.jsonl")), "other settings (seeds)")
 
 
+def test_a_run_directory_saved_before_later_settings_resumes_with_their_defaults(tmp_path: Path):
+    assert_user_error(start_run(tmp_path), "unreachable")
+    config = saved_config(tmp_path)
+    for key in ("judge", "check_language"):  # settings an earlier version did not have
+        del config[key]
+    del config["instances"]["backend"]
+    (tmp_path / "run" / "config.json").write_text(json.dumps(config))
+    assert_user_error(start_run(tmp_path), "unreachable")  # past the settings check
+    (tmp_path / "run" / "config.json").write_text(json.dumps(config))
+    assert_user_error(start_run(tmp_path, "--judge"), "other settings (judge.enabled)")
+
+
 @pytest.mark.parametrize(
     "content, fragments",
     [
