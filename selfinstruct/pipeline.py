@@ -49,7 +49,6 @@ from selfinstruct.tasks import Instance, JsonlWriter, SeedTask, recover_jsonl, w
 
 class LLM(Protocol):
     api: str
-    model: str
 
     async def complete(
         self,
@@ -125,7 +124,6 @@ class Pipeline:
         self.config = config
         # The model of each stage; one LLM stands for every stage.
         self.llms: dict[str, LLM] = llm if isinstance(llm, dict) else dict.fromkeys(STAGES, llm)
-        self.llm = self.llms[INSTRUCTIONS.name]
         self.seed_instructions = [s.instruction for s in seeds]
         config.resolve_auto(self.seed_instructions)
         self.heuristics = heuristics

@@ -254,6 +254,7 @@ async def rate_all(
     display = Progress(stats, enabled=progress)
     semaphore = asyncio.Semaphore(config.concurrency)
     judgements: list[Judgement | None] = [None] * len(records)
+    dropped = [False] * len(records)
 
     async def rate(n: int, record: dict) -> None:
         prompt = JUDGE.prompt(record["instruction"], record["input"], record["output"], lang=config.language)
@@ -264,6 +265,7 @@ async def rate_all(
         drop = stats.count_judgement(judgements[n], config.min_score, config.unparsed)
         if drop:
             stats.rejected[drop] += 1
+            dropped[n] = True
         display.advance()
 
     with display.stage("score", len(records), unit="record"):
@@ -273,10 +275,8 @@ async def rate_all(
                     group.create_task(rate(n, record))
         except ExceptionGroup as exc:  # the first failure, as one line where it is a UserError
             raise exc.exceptions[0] from None
-    for record, judgement in zip(records, judgements, strict=True):
-        if judgement is None and config.unparsed == "drop":
-            continue
-        if judgement is not None and config.min_score is not None and judgement.score < config.min_score:
+    for record, judgement, drop in zip(records, judgements, dropped, strict=True):
+        if drop:
             continue
         score, reason = (judgement.score, judgement.reason) if judgement else (None, None)
         scored.rows.append(record | {"score": score, "score_reason": reason})

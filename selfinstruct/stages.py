@@ -25,6 +25,7 @@ from selfinstruct.prompts import (
     build_classification_prompt,
     build_instance_prompt,
     build_instruction_prompt,
+    instance_prompt_tail,
     parse_classification,
     parse_instances,
     parse_instructions,
@@ -44,7 +45,7 @@ class Stage:
         return self.build(*inputs, lang)
 
     def read(self, prompt: str, text: str, truncated: bool, api: str, *inputs: Any) -> Any:
-        opened = prompt.rsplit("\n", 1)[-1] if self.continues and api == "completions" else ""
+        opened = instance_prompt_tail(prompt) if self.continues and api == "completions" else ""
         return self.parse(opened + text, truncated, *inputs)
 
 
