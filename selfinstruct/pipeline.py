@@ -24,12 +24,11 @@ from typing import Protocol
 
 from selfinstruct.budget import Budget, BudgetSpent
 from selfinstruct.cache import ResponseCache, request_key
+from selfinstruct.checks import WORKER_FROM, CheckSettings, RecordChecks
 from selfinstruct.config import RunConfig, Sampling
 from selfinstruct.errors import UserError
 from selfinstruct.estimate import assumed_completions
 from selfinstruct.filters import HeuristicFilter, NoveltyFilter, RougeIndex, run_filters
-from selfinstruct.filters.instances import NearDuplicateRecords, apply_instance_rules
-from selfinstruct.filters.language import LanguageCheck
 from selfinstruct.filters.tokenizers import TOKENIZERS
 from selfinstruct.generation.client import Completion
 from selfinstruct.judge import Judgement
@@ -120,6 +119,7 @@ class Pipeline:
         heuristics: HeuristicFilter,
         run_dir: Path,
         progress: bool = True,
+        check_in_worker: bool | None = None,
     ):
         self.config = config
         # The model of each stage; one LLM stands for every stage.
@@ -135,8 +135,12 @@ class Pipeline:
         self.stats.judging = config.judge.enabled
         self.budget = Budget(self.stats, config.token_budget, config.cost_budget)
         self.progress = Progress(self.stats, enabled=progress, annotation_tokens=assumed_completions(config))
-        self.near_duplicates = NearDuplicateRecords(config.near_duplicate_threshold)
-        self.language = LanguageCheck(self.lang) if config.check_language else None
+        # Instance rules, language rule, near-duplicates: in a worker process for a large run.
+        language = self.lang if config.check_language else None
+        settings = CheckSettings(config.max_instances, language, config.near_duplicate_threshold)
+        if check_in_worker is None:
+            check_in_worker = config.num_instructions >= WORKER_FROM
+        self.checks = RecordChecks(settings, self._checked, worker=check_in_worker)
         self.pool = RougeIndex(config.rouge_threshold, TOKENIZERS[config.tokenizer])
         for text in self.seed_instructions:
             self.pool.add(text)
@@ -179,6 +183,7 @@ class Pipeline:
         else:
             self.save_stats()
         finally:
+            self.checks.close()
             self.files.close()
         return self.stats
 
@@ -328,7 +333,7 @@ class Pipeline:
         missing): the coroutines that do, and the tasks still to annotate."""
         replays, done = [], set()
         for record in self.files.prior["instances"]:
-            replays.append(self._publish(record, self._finalize(record, replay=True), semaphore))
+            replays.append(self._publish(record, self.checks.submit(record, replay=True), semaphore))
             done.add(record["id"])
         self._classified = {r["id"]: r["is_classification"] for r in self.files.prior["classification"]}
         return replays, [t for t in tasks if t.id not in done]
@@ -359,39 +364,22 @@ class Pipeline:
             "truncated": parsed.truncated is not None,
             "raw": completion.text,
         }
-        await self._publish(record, self._finalize(record), semaphore)
+        await self._publish(record, self.checks.submit(record), semaphore)
 
-    def _finalize(self, record: dict, replay: bool = False) -> list[tuple[str, Instance]]:
-        """Instance rules, the language rule and near-duplicate removal for one task; the records
-        left, by id.
-
-        The stage record is written first; replaying it after a crash recomputes the same records
-        (the rules are deterministic and near-duplicates are checked in file order) and writes only
-        those the crash cut off.
-        """
-        instances = [Instance(**i) for i in record["instances"]]
-        kept, drops = apply_instance_rules(instances, self.config.max_instances)
-        if record["truncated"]:
-            drops["truncated"] += 1
-        unique = []
-        for n, inst in enumerate(kept):
-            key = f"{record['id']}-{n}"
-            if self.language and self.language.record_reason(record["instruction"], inst.output, inst.input):
-                drops["wrong_language"] += 1
-            elif self.near_duplicates.is_duplicate(key, record["id"], record["instruction"], inst.input):
-                drops["near_duplicate"] += 1
-            else:
-                unique.append((key, inst))
+    def _checked(self, record: dict, replay: bool, unique: list, drops: dict[str, int]) -> None:
+        """A task back from the checks (in the order they were asked for): its stage record is
+        written, with its drops, before any of its dataset records. Replaying instances.jsonl after a
+        crash recomputes the same records (the rules are deterministic and near-duplicates are
+        checked in file order) and writes only those the crash cut off."""
         if not replay:
-            self.files.instances.write(InstanceRecord(**record, dropped=dict(drops)).model_dump())
-        self.stats.instances_generated += len(instances) + record["truncated"]
+            self.files.instances.write(InstanceRecord(**record, dropped=drops).model_dump())
+        self.stats.instances_generated += len(record["instances"]) + record["truncated"]
         self.stats.instance_drops.update(drops)
-        return unique
 
-    async def _publish(
-        self, record: dict, unique: list[tuple[str, Instance]], semaphore: asyncio.Semaphore
-    ) -> None:
-        """Judge a task's records when the judge is on, then append those kept to dataset.jsonl."""
+    async def _publish(self, record: dict, checked: asyncio.Future, semaphore: asyncio.Semaphore) -> None:
+        """Once the task's records are checked, judge them when the judge is on, then append those
+        kept to dataset.jsonl."""
+        unique = [(key, Instance.model_construct(input=i, output=o)) for key, i, o in await checked]
         judge = self.config.judge
         scores: list = [None] * len(unique)
         if judge.enabled:

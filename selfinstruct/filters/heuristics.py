@@ -78,7 +78,12 @@ class HeuristicFilter:
         # Whole keywords: no word character right before or after, so `c++`, `.net` and `node.js`
         # match while `image` does not match `imagery`. Chinese has no spaces between words, so a
         # CJK keyword matches anywhere.
-        patterns = [re.escape(k) if CJK_CHAR.search(k) else rf"(?<!\w){re.escape(k)}(?!\w)" for k in keywords]
+        # The word boundaries are written once around all the other keywords, not around each: the
+        # same matches, and the search no longer tries every keyword's look-behind at every position.
+        words = "|".join(re.escape(k) for k in keywords if not CJK_CHAR.search(k))
+        patterns = [re.escape(k) for k in keywords if CJK_CHAR.search(k)]
+        if words:
+            patterns.insert(0, rf"(?<!\w)(?:{words})(?!\w)")
         self._keyword_re = re.compile("|".join(patterns), re.IGNORECASE) if keywords else None
 
     @classmethod
