@@ -120,6 +120,54 @@ def test_near_duplicate_records_across_tasks():
     assert not dedup.is_duplicate("t2-0", "t2", "", "")  # nothing to compare
 
 
+def test_near_duplicate_records_are_datasketchs():
+    """The sketches are datasketch's MinHash of the shingles, and the decisions those of its
+    MinHashLSH with each key's task id kept beside it."""
+    import random
+
+    from datasketch import MinHash, MinHashLSH
+
+    from selfinstruct.filters.instances import NearDuplicateRecords, _shingles
+    from selfinstruct.filters.tokenizers import unicode_tokens
+
+    rng = random.Random(0)
+    words = "the a report sales rose fell by four percent in march april city river cold windy week".split()
+    texts = [" ".join(rng.choices(words, k=rng.randint(0, 14))) for _ in range(60)]
+    texts += ["写一首关于春天的诗", "写一首关于秋天的诗", "把这句话翻译成英文", ""]
+    records = []
+    for n in range(600):
+        instruction = records[-1][2] if records and rng.random() < 0.3 else rng.choice(texts)
+        words_in = rng.choice(texts).split()
+        if words_in and rng.random() < 0.5:
+            del words_in[rng.randrange(len(words_in))]  # an edited copy
+        task = records[-1][1] if records and instruction == records[-1][2] else f"t{n}"
+        records.append((f"{task}-{n}", task, instruction, " ".join(words_in)))
+
+    for threshold in (0.9, 0.7, 0.5):
+        dedup = NearDuplicateRecords(threshold=threshold)
+        lsh, task_of = MinHashLSH(threshold=threshold, num_perm=128), {}
+        m, duplicates = MinHash(num_perm=128), 0  # the index keeps band hashes: one sketch will do
+        for key, task, instruction, inp in records:
+            head, tail = unicode_tokens(instruction), unicode_tokens(inp)
+            bridge = [f"{head[-1]} {tail[0]}"] if head and tail else []
+            shingles = _shingles(head) + _shingles(tail) + bridge
+            sketch = dedup._minhash(instruction, inp)
+            expected = None
+            if shingles:
+                m.clear()
+                m.update_batch([s.encode() for s in shingles])
+                assert sketch is not None and (sketch == m.hashvalues).all()
+                expected = any(task_of[k] != task for k in lsh.query(m))
+                if not expected:
+                    lsh.insert(key, m)
+                    task_of[key] = task
+            else:
+                assert sketch is None
+            assert dedup.is_duplicate(key, task, instruction, inp) == bool(expected)
+            duplicates += bool(expected)
+        assert duplicates > 20
+
+
 def rules(tmp_path: Path, text: str) -> Path:
     path = tmp_path / "rules.toml"
     path.write_text(text, encoding="utf-8")

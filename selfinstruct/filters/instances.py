@@ -2,13 +2,10 @@
 
 from __future__ import annotations
 
-import operator
 import re
 from collections import Counter, defaultdict
 
 import numpy as np
-from datasketch import MinHash, MinHashLSH
-from datasketch.hashfunc import sha1_hash32
 
 from selfinstruct.filters.tokenizers import unicode_tokens
 from selfinstruct.prompts import NO_INPUT
@@ -77,53 +74,107 @@ class NearDuplicateRecords:
     and bigrams) to a record of another task already in the dataset reaches the threshold. Records
     of the same task are left to the instance rules: several outputs for one empty-input task are
     legitimate data. Applied as records arrive, in order, so dataset.jsonl stays append-only.
+
+    The decisions are those of datasketch's MinHash (scheme affine32, sha1_hash32 of each shingle)
+    indexed in its MinHashLSH with the same threshold and num_perm; this is datasketch's arithmetic
+    done with less overhead per record, which is in the hot path of a run:
+    - the sketch is MinHash.update_batch's: each shingle's sha1_hash32 is pre-mixed with the 32-bit
+      MurmurHash3 finalizer (datasketch's _fmix), permuted by a * h + b mod 2^32 with the
+      MinHash's own (a, b), and the minimum taken per permutation. A shingle's pre-mixed hash is
+      cached, since most shingles recur; the tests compare the sketches with MinHash's.
+    - the index is MinHashLSH's: the bands are its (b, r) and hashranges, and two records are
+      candidates when one of their bands is equal. Each band's key is computed once per record for
+      both the query and the insert (MinHashLSH computes them twice, each with a byteswap); the raw
+      bytes of a band are as unique a key as the byteswapped ones. A bucket keeps one task id
+      instead of the keys: a record enters the index only when every bucket it falls in holds
+      records of its own task, so no bucket ever holds two tasks, and a record is a duplicate
+      exactly when one of its buckets holds a task other than its own.
     """
 
-    def __init__(self, threshold: float = 0.9, num_perm: int = 128):
-        self.lsh = MinHashLSH(threshold=threshold, num_perm=num_perm)
-        self.num_perm = num_perm
-        self._task_of: dict[str, str] = {}
-        # One sketch, reset for each record: the index keeps band hashes, not the sketches. It
-        # takes shingles already hashed with datasketch's default (sha1_hash32). The records of one
-        # task share their instruction, whose shingles are sketched once: a record's sketch is the
-        # elementwise minimum of that and its input's, which is the sketch of the union.
-        self._sketch = MinHash(num_perm=num_perm, hashfunc=operator.index)
-        self._instruction: tuple[str, list[str], np.ndarray | None] = ("", [], None)  # the last task's
+    # The cache of shingles' pre-mixed hashes is emptied when it reaches this size (some tens of MB).
+    CACHE_SIZE = 1 << 18
 
-    def _minhash(self, instruction: str, input: str) -> MinHash | None:
+    def __init__(self, threshold: float = 0.9, num_perm: int = 128):
+        # Imported on use: datasketch's package imports its MinHashLSH, which imports scipy.integrate
+        # (0.5 to 1 s), and importing this module (`selfinstruct score` does) needs none of it.
+        from datasketch import MinHash, MinHashLSH, sha1_hash32
+
+        self.num_perm = num_perm
+        self._sha1_hash32 = sha1_hash32
+        lsh = MinHashLSH(threshold=threshold, num_perm=num_perm)  # its choice of (b, r)
+        self.b, self.r = lsh.b, lsh.r
+        # Byte offsets of the bands in a sketch's uint32 buffer.
+        self._bands = [(start * 4, end * 4) for start, end in lsh.hashranges]
+        self._buckets: list[dict[bytes, str]] = [{} for _ in self._bands]
+        self._keys: set[str] = set()
+        sketch = MinHash(num_perm=num_perm)
+        if sketch.scheme != "affine32":
+            raise RuntimeError(f"expected datasketch's affine32 MinHash scheme, got {sketch.scheme!r}")
+        a, b = sketch.permutations
+        self._a, self._b = a.astype(np.uint32), b.astype(np.uint32)
+        self._hashes: dict[str, int] = {}
+        # The last task's instruction: its tokens and its shingles' sketch (None without tokens). The
+        # records of one task share their instruction, which is sketched once: a record's sketch is
+        # the elementwise minimum of that and its input's, which is the sketch of the union.
+        self._instruction: tuple[str, list[str], np.ndarray | None] = ("", [], None)
+
+    def _sketch(self, shingles: list[str]) -> np.ndarray:
+        """MinHash.update_batch's hash values for these shingles from an empty sketch (shingles
+        not empty)."""
+        cache, sha1_hash32 = self._hashes, self._sha1_hash32
+        hashes = list(map(cache.get, shingles))
+        if None in hashes:
+            if len(cache) >= self.CACHE_SIZE:
+                cache.clear()
+            for i, h in enumerate(hashes):
+                if h is None:
+                    s = shingles[i]
+                    hashes[i] = cache[s] = _fmix32(sha1_hash32(s.encode()))
+        hv = np.array(hashes, dtype=np.uint32)
+        phv = np.multiply.outer(hv, self._a)  # uint32: wraps modulo 2^32, as in datasketch
+        phv += self._b
+        return np.minimum.reduce(phv, axis=0)
+
+    def _minhash(self, instruction: str, input: str) -> np.ndarray | None:
         """The sketch of the unigrams and bigrams of instruction + newline + input."""
-        m = self._sketch
         if self._instruction[0] != instruction:
             tokens = unicode_tokens(instruction)
-            m.clear()
-            m.update_batch(_hashed(_shingles(tokens)))
-            self._instruction = (instruction, tokens, m.hashvalues if tokens else None)
+            self._instruction = (instruction, tokens, self._sketch(_shingles(tokens)) if tokens else None)
         _, head, sketched = self._instruction
         tail = unicode_tokens(input)
         shingles = _shingles(tail) + ([f"{head[-1]} {tail[0]}"] if head and tail else [])
-        if sketched is None and not shingles:
-            return None
-        if sketched is None:
-            m.clear()
-        else:
-            m.hashvalues = sketched.copy()
-        m.update_batch(_hashed(shingles))
-        return m
+        if not shingles:
+            return sketched
+        sketch = self._sketch(shingles)
+        if sketched is not None:
+            np.minimum(sketch, sketched, out=sketch)
+        return sketch
 
     def is_duplicate(self, key: str, task_id: str, instruction: str, input: str) -> bool:
         """Check one record; a record that is kept is remembered for the ones after it."""
-        m = self._minhash(instruction, input)
-        if m is None:
+        sketch = self._minhash(instruction, input)
+        if sketch is None:
             return False
-        if any(self._task_of[k] != task_id for k in self.lsh.query(m)):
-            return True
-        self.lsh.insert(key, m)
-        self._task_of[key] = task_id
+        data = sketch.tobytes()
+        bands = [data[start:end] for start, end in self._bands]
+        for band, bucket in zip(bands, self._buckets, strict=True):
+            if bucket.get(band, task_id) != task_id:
+                return True
+        if key in self._keys:
+            raise ValueError("The given key already exists")  # as MinHashLSH.insert
+        self._keys.add(key)
+        for band, bucket in zip(bands, self._buckets, strict=True):
+            bucket[band] = task_id
         return False
 
 
-def _hashed(shingles: list[str]) -> set[int]:
-    return {sha1_hash32(s.encode()) for s in shingles}
+def _fmix32(h: int) -> int:
+    """datasketch's _fmix for width 32 (the MurmurHash3 finalizer) on one hash value."""
+    h ^= h >> 16
+    h = (h * 0x85EBCA6B) & 0xFFFFFFFF
+    h ^= h >> 13
+    h = (h * 0xC2B2AE35) & 0xFFFFFFFF
+    return h ^ (h >> 16)
 
 
 def _shingles(tokens: list[str]) -> list[str]:
