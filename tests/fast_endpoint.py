@@ -49,7 +49,10 @@ class FastEndpoint(LocalServer):
         body = await request.json()
         self.formats += "response_format" in body
         prompts = body["prompt"] if isinstance(body["prompt"], list) else [body["prompt"]]
-        texts = await asyncio.gather(*(self._answer(p) for p in prompts))
+        if self.latency:
+            texts = await asyncio.gather(*(self._answer(p) for p in prompts))
+        else:  # at once, without a task per prompt: the endpoint's own cost stays small
+            texts = [self._text(p) for p in prompts]
         choices = [{"index": n, "text": t, "finish_reason": "stop"} for n, t in enumerate(texts)]
         return web.json_response(self._response("text_completion", choices, prompts, texts))
 
@@ -76,6 +79,9 @@ class FastEndpoint(LocalServer):
     async def _answer(self, prompt: str) -> str:
         if self.latency:
             await asyncio.sleep(self.latency * (0.5 + self._rng.random()))
+        return self._text(prompt)
+
+    def _text(self, prompt: str) -> str:
         tail = prompt.rstrip().rsplit("\n", 1)[-1]
         if tail.endswith('{"score":'):
             self.kinds["judge"] += 1
@@ -99,10 +105,18 @@ class FastEndpoint(LocalServer):
         return " " + "\n".join(items)[len(f"{first}. ") :] + "\n\n"
 
     def _word(self) -> str:
-        return "".join(self._rng.choice(SYLLABLES) for _ in range(self._rng.randint(2, 4)))
+        return "".join(self._rng.choices(SYLLABLES, k=self._rng.randint(2, 4)))
 
     def _sentence(self, words: int) -> str:
-        return " ".join(self._word() for _ in range(words)).capitalize() + "."
+        """Words of 2 to 4 syllables, drawn in two calls (one per syllable is most of the endpoint's
+        CPU)."""
+        lengths = self._rng.choices((2, 3, 4), k=words)
+        syllables = self._rng.choices(SYLLABLES, k=sum(lengths))
+        out, at = [], 0
+        for n in lengths:
+            out.append("".join(syllables[at : at + n]))
+            at += n
+        return " ".join(out).capitalize() + "."
 
     def _instruction(self) -> str:
         return f"{self._rng.choice(VERBS)} the {self._sentence(self._rng.randint(5, 12)).lower()}"
