@@ -9,13 +9,16 @@ Each target is one `python -m selfinstruct run -n N --concurrency C` from start 
 all three stages and the files included). The rate of each target is printed with the ratio to the
 first target's and the CPU seconds the run and the endpoint spent per 1,000 accepted; then the
 first target again with `--max-batch 1` (one prompt per HTTP request: the baseline for shared
-requests), and at the end a profile of one run (cProfile; it slows the run down, so its rate is not
-one of the figures), grouped by where the time goes.
+requests), the largest target up to 20K again with `--no-check-in-worker` (the record checks in the
+run's own process: the baseline for the worker), and at the end a profile of one run (cProfile of
+the run's own process; it slows the run down, so its rate is not one of the figures), grouped by
+where the time goes.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import pstats
@@ -52,7 +55,7 @@ def free_port() -> int:
 
 
 def cpu_seconds(pid: int) -> float:
-    """User + system CPU of a live process, from /proc."""
+    """User + system CPU of a live process (its own, not its children's), from /proc."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
@@ -73,7 +76,8 @@ def start_endpoint() -> tuple[subprocess.Popen, str]:
 def run(
     url: str, target: int, concurrency: int, out: Path, profile: Path | None = None, extra: tuple = ()
 ) -> dict:
-    """One run from start to exit; its wall and CPU time, and its stats.json."""
+    """One run from start to exit: its wall time, its CPU time (with its worker's) and that of its
+    own process (read from /proc until it exits, so up to 0.1 s short), and its stats.json."""
     prefix = [sys.executable] + (["-m", "cProfile", "-o", str(profile)] if profile else [])
     cmd = prefix + [
         "-m", "selfinstruct", "run", "--backend", "openai", "--base-url", url, "-n", str(target),
@@ -81,13 +85,20 @@ def run(
     ]  # fmt: skip
     before = os.times()
     start = time.perf_counter()
-    result = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
-    wall = time.perf_counter() - start
-    after = os.times()
-    if result.returncode != 0:
-        raise SystemExit(f"run -n {target} failed ({result.returncode}): {result.stderr[-2000:]}")
+    with tempfile.TemporaryFile("w+") as stderr:
+        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=stderr, text=True, cwd=ROOT)
+        own = 0.0
+        while proc.poll() is None:
+            with contextlib.suppress(OSError, IndexError):
+                own = cpu_seconds(proc.pid)
+            time.sleep(0.1)
+        wall = time.perf_counter() - start
+        after = os.times()
+        if proc.returncode != 0:
+            stderr.seek(0)
+            raise SystemExit(f"run -n {target} failed ({proc.returncode}): {stderr.read()[-2000:]}")
     cpu = (after.children_user - before.children_user) + (after.children_system - before.children_system)
-    return {"wall": wall, "cpu": cpu, "stats": json.loads((out / "stats.json").read_text())}
+    return {"wall": wall, "cpu": cpu, "own": own, "stats": json.loads((out / "stats.json").read_text())}
 
 
 def profile_summary(path: Path, top: int) -> str:
@@ -125,12 +136,14 @@ def main() -> None:
     try:
         with tempfile.TemporaryDirectory(prefix="bench-coordinator-") as tmp:
             first = None
+            timed: dict[int, float] = {}
             print(f"instant endpoint at {url}; concurrency {args.concurrency}; {os.cpu_count()} cores")
             for target in args.targets:
                 endpoint_cpu = cpu_seconds(endpoint.pid)
                 r = run(url, target, args.concurrency, Path(tmp) / f"run-{target}")
                 endpoint_cpu = cpu_seconds(endpoint.pid) - endpoint_cpu
                 rate = target / r["wall"]
+                timed[target] = r["wall"]
                 first = first or rate
                 s = r["stats"]
                 requests = sum(s["requests"].values())
@@ -138,7 +151,9 @@ def main() -> None:
                 print(
                     f"-n {target:>7,}: {rate:7.0f} accepted instructions/s ({rate / first:.2f} of the first),"
                     " "
-                    f"{r['wall']:6.1f} s wall; CPU per 1,000 accepted: run {1000 * r['cpu'] / target:.2f} s, "
+                    f"{r['wall']:6.1f} s wall; CPU per 1,000 accepted: run {1000 * r['cpu'] / target:.2f} s "
+                    f"(its own process {1000 * r['own'] / target:.2f} s, the checks' worker "
+                    f"{1000 * (r['cpu'] - r['own']) / target:.2f} s), "
                     f"endpoint {1000 * endpoint_cpu / target:.2f} s; {requests / target:.2f} prompts and "
                     f"{tokens / target:.0f} tokens per accepted instruction",
                     flush=True,
@@ -151,6 +166,18 @@ def main() -> None:
                     f"-n {target:>7,} with --max-batch 1 (one prompt per request): {rate:7.0f} accepted "
                     f"instructions/s, {r['wall']:.1f} s wall, run CPU {1000 * r['cpu'] / target:.2f} s per "
                     f"1,000; shared requests are {first / rate:.2f}x faster",
+                    flush=True,
+                )
+            if not args.no_baseline:
+                target = max((t for t in args.targets if t <= 20000), default=args.targets[0])
+                rate_worker = target / timed[target]
+                r = run(url, target, args.concurrency, Path(tmp) / "inline", extra=("--no-check-in-worker",))
+                rate = target / r["wall"]
+                print(
+                    f"-n {target:>7,} with --no-check-in-worker (the record checks in the run's own "
+                    f"process): {rate:7.0f} accepted instructions/s, {r['wall']:.1f} s wall, run CPU "
+                    f"{1000 * r['cpu'] / target:.2f} s per 1,000; the worker makes the run "
+                    f"{rate_worker / rate:.2f}x faster",
                     flush=True,
                 )
             if args.profile_target:

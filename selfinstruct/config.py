@@ -188,6 +188,11 @@ class RunConfig(_Section):
         description="Drop records whose instruction or output is in another language than the run's "
         "(reason wrong_language; py3langid, prose of 20+ letters only).",
     )
+    check_in_worker: bool = Field(
+        True,
+        description="Check the records (instance rules, language rule, near duplicates) in a worker "
+        "process beside the run's own when the target is 500 or more; off: in the run's own process.",
+    )
     max_requests: int | None = Field(
         None, ge=1, description="Stop bootstrapping after this many requests (default: 50 + 20 per target)."
     )

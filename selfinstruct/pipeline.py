@@ -139,7 +139,7 @@ class Pipeline:
         language = self.lang if config.check_language else None
         settings = CheckSettings(config.max_instances, language, config.near_duplicate_threshold)
         if check_in_worker is None:
-            check_in_worker = config.num_instructions >= WORKER_FROM
+            check_in_worker = config.check_in_worker and config.num_instructions >= WORKER_FROM
         self.checks = RecordChecks(settings, self._checked, worker=check_in_worker)
         self.pool = RougeIndex(config.rouge_threshold, TOKENIZERS[config.tokenizer])
         for text in self.seed_instructions:

@@ -37,6 +37,7 @@ RESUMABLE_CHANGES = {
     "num_instructions",
     "max_requests",
     "concurrency",
+    "check_in_worker",
     *REACHING_THE_ENDPOINT,
     "classification.backend.base_urls",
     "instances.backend.base_urls",

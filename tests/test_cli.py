@@ -233,7 +233,7 @@ def test_a_run_directory_saved_without_input_hashes_resumes_as_before(tmp_path: 
 def test_a_run_directory_saved_before_later_settings_resumes_with_their_defaults(tmp_path: Path):
     assert_user_error(start_run(tmp_path), "unreachable")
     config = saved_config(tmp_path)
-    for key in ("judge", "check_language"):  # settings an earlier version did not have
+    for key in ("judge", "check_language", "check_in_worker"):  # settings an earlier version did not have
         del config[key]
     del config["instances"]["backend"]
     (tmp_path / "run" / "config.json").write_text(json.dumps(config))
