@@ -78,8 +78,10 @@ _checks: Checks | None = None
 
 def _start_worker(settings: CheckSettings) -> None:
     global _checks
-    # Ctrl-C reaches the whole process group; the run decides what to stop, the worker follows it.
+    # Ctrl-C (or a SIGTERM to the process group) reaches the worker too; the run decides what to
+    # stop and shuts the worker down, or the worker leaves when the run is gone.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     # A run killed outright (SIGKILL, out of memory) cannot stop its worker: it leaves by itself.
     threading.Thread(target=_exit_with_parent, daemon=True).start()
     _checks = Checks(settings)
@@ -135,13 +137,22 @@ class RecordChecks:
         if self._closed or not batch:
             return
         tasks = [(r["id"], r["instruction"], r["instances"], r["truncated"]) for r, _, _ in batch]
-        if self._inline is not None:
-            self._deliver(batch, [self._inline.check(t) for t in tasks])
+        if self._inline is None:
+            try:
+                done = self._pool.submit(_check_batch, tasks)
+            except concurrent.futures.process.BrokenProcessPool as e:
+                self._fail(batch, _worker_stopped(e))
+                return
+            self._sent.append((batch, done))
+            loop = asyncio.get_running_loop()
+            done.add_done_callback(lambda _: loop.call_soon_threadsafe(self._drain))
             return
-        done = self._pool.submit(_check_batch, tasks)
-        self._sent.append((batch, done))
-        loop = asyncio.get_running_loop()
-        done.add_done_callback(lambda _: loop.call_soon_threadsafe(self._drain))
+        try:
+            results = [self._inline.check(t) for t in tasks]
+        except Exception as e:  # a bug in a check: each task reports it
+            self._fail(batch, e)
+        else:
+            self._deliver(batch, results)
 
     def _drain(self) -> None:
         """Hand back the batches the worker finished, oldest first, stopping at one still in it."""
@@ -150,15 +161,16 @@ class RecordChecks:
             try:
                 results = done.result()
             except concurrent.futures.process.BrokenProcessPool as e:
-                error = RuntimeError(f"the worker process that checks records stopped: {e}")
-                for _, _, future in batch:
-                    future.set_exception(error)
-                continue
-            except BaseException as e:  # noqa: BLE001 - a bug in a check: each task reports it
-                for _, _, future in batch:
-                    future.set_exception(e)
-                continue
-            self._deliver(batch, results)
+                self._fail(batch, _worker_stopped(e))
+            except Exception as e:  # a bug in a check: each task reports it
+                self._fail(batch, e)
+            else:
+                self._deliver(batch, results)
+
+    def _fail(self, batch: list, error: Exception) -> None:
+        for _, _, future in batch:
+            if not future.done():  # a task cancelled while it waited has its answer
+                future.set_exception(error)
 
     def _deliver(self, batch: list, results: list[Checked]) -> None:
         for (record, replay, future), (unique, drops) in zip(batch, results, strict=True):
@@ -178,3 +190,9 @@ class RecordChecks:
         self._waiting, self._sent = [], deque()
         if self._pool is not None:
             self._pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _worker_stopped(error: Exception) -> RuntimeError:
+    return RuntimeError(
+        f"the worker process that checks records stopped ({error}); the same command resumes the run"
+    )

@@ -15,6 +15,7 @@ import time
 from collections import Counter
 from pathlib import Path
 
+import pytest
 from fast_endpoint import FastEndpoint
 from test_dispatch import check_no_duplicates, wait_for
 from test_faults import complete_lines
@@ -124,3 +125,34 @@ def alive(pid: int) -> bool:
         return False
     status = Path(f"/proc/{pid}/stat")
     return status.exists() and status.read_text().rsplit(")", 1)[1].split()[0] != "Z"
+
+
+@pytest.mark.parametrize("worker", [False, True])
+def test_a_check_that_fails_fails_its_task_instead_of_hanging(worker: bool):
+    bad = tasks(1)[0] | {"instances": [{"input": "an instance without its output"}]}
+
+    async def check() -> None:
+        checks = RecordChecks(SETTINGS, lambda *_: None, worker)
+        try:
+            with pytest.raises(ValueError, match="output"):  # pydantic's ValidationError
+                await asyncio.wait_for(checks.submit(bad), 60)
+        finally:
+            checks.close()
+
+    asyncio.run(check())
+
+
+def test_a_worker_that_dies_fails_the_tasks_it_had_with_one_clear_error():
+    async def check() -> None:
+        checks = RecordChecks(SETTINGS, lambda *_: None, worker=True)
+        try:
+            first, second = tasks(2)
+            await asyncio.wait_for(checks.submit(first), 60)
+            for pid in checks._pool._processes:
+                os.kill(pid, signal.SIGKILL)
+            with pytest.raises(RuntimeError, match="the worker process that checks records stopped"):
+                await asyncio.wait_for(checks.submit(second), 60)
+        finally:
+            checks.close()
+
+    asyncio.run(check())
