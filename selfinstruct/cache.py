@@ -19,11 +19,13 @@ from selfinstruct.records import CachedResponse
 from selfinstruct.tasks import JsonlWriter, recover_jsonl
 
 _SAMPLING = set(Sampling.model_fields)
+# json.dumps(..., ensure_ascii=False) builds an encoder on every call; this one is built once.
+_JSON = json.JSONEncoder(ensure_ascii=False)
 
 
 def request_key(model: str, prompt: str, sampling: Sampling, stop: list[str] | None, index: str) -> str:
     settings = sampling.model_dump(include=_SAMPLING)  # a stage's own backend is not part of the key
-    payload = json.dumps([model, prompt, settings, stop or [], index], ensure_ascii=False)
+    payload = _JSON.encode([model, prompt, settings, stop or [], index])
     return hashlib.sha256(payload.encode()).hexdigest()[:32]
 
 
