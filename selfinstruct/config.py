@@ -57,10 +57,11 @@ class Backend(_Section):
     timeout: float = Field(300.0, gt=0, description="Seconds to wait for one response.")
     max_attempts: int = Field(6, ge=1, description="Tries per request on transient errors.")
     max_batch: int = Field(
-        16,
+        32,
         ge=1,
         description="Most prompts sent together in one completions request when several are ready at "
-        "once; 1 for an endpoint that takes one prompt per request.",
+        "once (never more than leaves each endpoint in rotation a share); 1 for an endpoint that takes "
+        "one prompt per request.",
     )
     startup_timeout: float = Field(900.0, gt=0, description="Seconds to wait for a started server.")
     server_args: Annotated[list[str], Flag("server-arg")] = Field(

@@ -204,7 +204,7 @@ class LLMClient:
         timeout: float = 300.0,
         max_attempts: int = 6,
         max_wait: float = 30.0,
-        max_batch: int = 16,
+        max_batch: int = 32,
     ):
         self.model = model
         self.api = api
