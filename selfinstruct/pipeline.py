@@ -119,7 +119,6 @@ class Pipeline:
         heuristics: HeuristicFilter,
         run_dir: Path,
         progress: bool = True,
-        check_in_worker: bool | None = None,
     ):
         self.config = config
         # The model of each stage; one LLM stands for every stage.
@@ -138,9 +137,8 @@ class Pipeline:
         # Instance rules, language rule, near-duplicates: in a worker process for a large run.
         language = self.lang if config.check_language else None
         settings = CheckSettings(config.max_instances, language, config.near_duplicate_threshold)
-        if check_in_worker is None:
-            check_in_worker = config.check_in_worker and config.num_instructions >= WORKER_FROM
-        self.checks = RecordChecks(settings, self._checked, worker=check_in_worker)
+        worker = config.check_in_worker and config.num_instructions >= WORKER_FROM
+        self.checks = RecordChecks(settings, self._checked, worker=worker)
         self.pool = RougeIndex(config.rouge_threshold, TOKENIZERS[config.tokenizer])
         for text in self.seed_instructions:
             self.pool.add(text)

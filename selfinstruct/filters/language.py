@@ -270,20 +270,21 @@ def _probabilities(identifier):
     import numpy as np
     from py3langid.langid import visit_counts
 
-    encode, decide = identifier._encode, identifier._decide
+    if identifier._alias_pairs:  # labels in two columns (srl, sr): py3langid folds them itself
+        return lambda text: identifier._decide(text).tolist()
+    encode = identifier._encode
     nextmove, rowbase, output = identifier.tk_nextmove, identifier._rowbase, identifier.tk_output
     # The weights widened from float16 once rather than at each text: the product gets the same
     # float32 numbers (7.6 MB for the 19 columns).
     weights = np.ascontiguousarray(identifier.nb_ptc, dtype=np.float32)
     priors = identifier.nb_pc
-    aliased = bool(identifier._alias_pairs)  # labels in two columns (srl, sr): left to _decide
     log1p, fromiter, exp, intp, float32 = np.log1p, np.fromiter, np.exp, np.intp, np.float32
 
     def probabilities(text: str) -> list[float]:
         data = encode(text)
         visits = visit_counts(nextmove, rowbase, output, data)
-        if not visits or aliased:
-            return decide(text).tolist()
+        if not visits:
+            return identifier._decide(text).tolist()
         features = fromiter(visits, intp, len(visits))
         counts = fromiter(visits.values(), float32, len(visits))
         scores = log1p(counts) @ weights[features] + priors
