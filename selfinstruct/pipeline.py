@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import heapq
+import itertools
 import math
 import random
 import time
@@ -94,6 +96,53 @@ def sample_demos(
     return demos
 
 
+class Slots:
+    """At most `size` requests in flight. `slots[name]` is an async context manager holding one;
+    when none is free, waiting requests get one in the order of their names' priority (the first
+    name first), then in the order they asked."""
+
+    def __init__(self, size: int, names: list[str]):
+        self._free = size
+        self._waiting: list[tuple[int, int, asyncio.Future]] = []  # a heap
+        self._asked = itertools.count()
+        self._by_name = {name: _Slot(self, rank) for rank, name in enumerate(names)}
+
+    def __getitem__(self, name: str) -> _Slot:
+        return self._by_name[name]
+
+    async def acquire(self, rank: int) -> None:
+        if self._free and not self._waiting:
+            self._free -= 1
+            return
+        future = asyncio.get_running_loop().create_future()
+        heapq.heappush(self._waiting, (rank, next(self._asked), future))
+        try:
+            await future
+        except asyncio.CancelledError:
+            if future.done() and not future.cancelled():
+                self.release()  # given a slot as it was cancelled: pass it on
+            raise
+
+    def release(self) -> None:
+        while self._waiting:
+            future = heapq.heappop(self._waiting)[2]
+            if not future.done():  # not cancelled while it waited
+                future.set_result(None)
+                return
+        self._free += 1
+
+
+class _Slot:
+    def __init__(self, slots: Slots, rank: int):
+        self.slots, self.rank = slots, rank
+
+    async def __aenter__(self) -> None:
+        await self.slots.acquire(self.rank)
+
+    async def __aexit__(self, *exc) -> None:
+        self.slots.release()
+
+
 async def _all_or_none(coros: list) -> None:
     """Run the coroutines concurrently; when one fails or the caller is cancelled, cancel the rest
     and wait for them, so no request outlives the stage."""
@@ -156,34 +205,67 @@ class Pipeline:
         self._dataset_ids = {r["id"] for r in self.files.prior["dataset"]}
         self._judged = {r["id"]: r for r in self.files.prior["judgements"]}
         self._surplus: list[asyncio.Future] = []  # instruction requests past the target
+        self._sent: set[int] = set()  # instruction requests that had a slot
+        # Requests in flight, all stages together; a waiting request of a later stage goes first, so
+        # that a task accepted is annotated and checked soon (the checks' worker is busy early).
+        self.slots = Slots(
+            config.concurrency, [JUDGE.name, INSTANCES.name, CLASSIFICATION.name, INSTRUCTIONS.name]
+        )
+        self._annotations: list[asyncio.Future] = []
+        self._annotated: set[str] = set()  # tasks an earlier run annotated
+        self._failed: asyncio.Future | None = None  # set by an annotation that failed (made by run)
         self._stats_saved = -math.inf
 
     async def run(self) -> RunStats:
+        annotations = self._annotations
+        self._failed = asyncio.get_running_loop().create_future()
         try:
-            tasks = await self.generate_instructions()
+            # Tasks are annotated as they are accepted, beside the first stage; their checks keep
+            # submission order, with an earlier run's records first, in the order they were written.
+            for replay in self._replay_annotations():
+                self._start(replay)
+            for task in self.accepted[: self.config.num_instructions]:
+                if task.id not in self._annotated:
+                    self._start(self.annotate(task))
+            try:
+                tasks = await self.generate_instructions()
+            except BudgetSpent as exc:
+                self.budget.refused = self.budget.refused or exc
+                tasks = self.accepted[: self.config.num_instructions]
             self.save_stats()
-            with self.progress.stage("instances", len(tasks)):
-                semaphore = asyncio.Semaphore(self.config.concurrency)
-                replays, todo = self._replay_annotations(tasks, semaphore)
-                annotations = [self.annotate(t, semaphore) for t in todo]
-                await _all_or_none([self.budget.settle(c) for c in replays + annotations])
+            with self.progress.stage("instances", len(tasks)) as bar:
+                bar.update(self.stats.tasks_annotated)
+                await _all_or_none(annotations)
             await asyncio.gather(*self._surplus, return_exceptions=True)
             self.budget.raise_if_refused()
         except BaseException:
             # Stopped (a signal, an error): keep the counts, unless the disk refuses that too, in
             # which case the first error is the one to report.
-            for future in self._surplus:
+            for future in self._surplus + annotations:
                 future.cancel()
-            await asyncio.gather(*self._surplus, return_exceptions=True)
+            await asyncio.gather(*self._surplus, *annotations, return_exceptions=True)
             with contextlib.suppress(UserError):
                 self.save_stats()
             raise
         else:
             self.save_stats()
         finally:
+            if self._failed.done():
+                self._failed.exception()  # reported by the annotation that failed
             self.checks.close()
             self.files.close()
         return self.stats
+
+    def _start(self, annotation) -> None:
+        """Run a task's annotation beside the rest; a failure (other than a spent budget, which it
+        keeps for the end) stops the first stage too."""
+        future = asyncio.ensure_future(self.budget.settle(annotation))
+        future.add_done_callback(self._check_annotation)
+        self._annotations.append(future)
+
+    def _check_annotation(self, future: asyncio.Future) -> None:
+        if not future.cancelled() and future.exception() is not None and not self._failed.done():
+            self._failed.set_exception(future.exception())
 
     def save_stats(self, at_most_every: float = 0.0) -> None:
         """Write stats.json; with `at_most_every`, skip it when it was written less than that many
@@ -236,22 +318,26 @@ class Pipeline:
             try:
                 while len(self.accepted) < cfg.num_instructions:
                     while len(in_flight) < cfg.concurrency and next_request < cfg.request_budget:
-                        rng = random.Random(f"{cfg.seed}-{next_request}") if cfg.seed is not None else random
-                        demos = sample_demos(
-                            rng, self.seed_instructions, self.machine, cfg.num_demos, cfg.num_machine_demos
-                        )
-                        prompt = INSTRUCTIONS.prompt(demos, lang=self.lang)
-                        request = self.ask(INSTRUCTIONS, str(next_request), prompt)
+                        request = self._request_instructions(next_request)
                         in_flight[asyncio.ensure_future(request)] = next_request
                         next_request += 1
                     if not in_flight:
                         break  # request budget spent
-                    done, _ = await asyncio.wait(in_flight, return_when=asyncio.FIRST_COMPLETED)
+                    done, _ = await asyncio.wait(
+                        [*in_flight, self._failed], return_when=asyncio.FIRST_COMPLETED
+                    )
+                    if self._failed.done():
+                        self._failed.result()  # an annotation failed: the run stops with its error
                     for future in done:
                         self._take_instructions(in_flight.pop(future), future.result())
-                # Target reached. The requests still in flight are paid for: they finish beside the
-                # next stages and go to the response cache (a larger target replays them).
-                self._surplus = list(in_flight)
+                # Target reached. The requests already sent are paid for: they finish beside the
+                # next stages and go to the response cache (a larger target replays them); those
+                # still waiting for a slot are not sent.
+                for future, request_id in in_flight.items():
+                    if request_id in self._sent:
+                        self._surplus.append(future)
+                    else:
+                        future.cancel()
                 in_flight.clear()
             except BudgetSpent:
                 await self._take_in_flight(in_flight)
@@ -261,6 +347,18 @@ class Pipeline:
                     future.cancel()
                 await asyncio.gather(*in_flight, return_exceptions=True)
         return self.accepted[: cfg.num_instructions]
+
+    async def _request_instructions(self, request_id: int) -> Completion:
+        """One instruction request: its demos are drawn from the pool as it is once a slot is free."""
+        cfg = self.config
+        async with self.slots[INSTRUCTIONS.name]:
+            self._sent.add(request_id)
+            rng = random.Random(f"{cfg.seed}-{request_id}") if cfg.seed is not None else random
+            demos = sample_demos(
+                rng, self.seed_instructions, self.machine, cfg.num_demos, cfg.num_machine_demos
+            )
+            prompt = INSTRUCTIONS.prompt(demos, lang=self.lang)
+            return await self.ask(INSTRUCTIONS, str(request_id), prompt)
 
     async def _take_in_flight(self, in_flight: dict[asyncio.Task, int]) -> None:
         """Once a budget is spent, take the responses of the requests already sent (those launched
@@ -301,8 +399,9 @@ class Pipeline:
             )
             self.files.machine_instructions.write(accepted.model_dump())
             self._join_pool(task)
+            self._start(self.annotate(task))
             self.stats.accepted += 1
-            self.progress.advance()
+            self.progress.advance("instructions")
         self.save_stats(at_most_every=1.0)
         return decided
 
@@ -324,22 +423,20 @@ class Pipeline:
         self.progress.refresh()
 
     # Stages 2-4 --------------------------------------------------------------------------------
-    def _replay_annotations(
-        self, tasks: list[MachineTask], semaphore: asyncio.Semaphore
-    ) -> tuple[list, list[MachineTask]]:
+    def _replay_annotations(self) -> list:
         """Finish the tasks an earlier run annotated (their judgements or dataset records may be
-        missing): the coroutines that do, and the tasks still to annotate."""
-        replays, done = [], set()
+        missing): the coroutines that do. Their records go to the checks first, in file order."""
+        replays = []
         for record in self.files.prior["instances"]:
-            replays.append(self._publish(record, self.checks.submit(record, replay=True), semaphore))
-            done.add(record["id"])
+            replays.append(self._publish(record, self.checks.submit(record, replay=True)))
+            self._annotated.add(record["id"])
         self._classified = {r["id"]: r["is_classification"] for r in self.files.prior["classification"]}
-        return replays, [t for t in tasks if t.id not in done]
+        return replays
 
-    async def annotate(self, task: MachineTask, semaphore: asyncio.Semaphore) -> None:
+    async def annotate(self, task: MachineTask) -> None:
         is_clf = self._classified.get(task.id)
         if is_clf is None:
-            async with semaphore:
+            async with self.slots[CLASSIFICATION.name]:
                 prompt = CLASSIFICATION.prompt(task.instruction, lang=self.lang)
                 answer = await self.ask(CLASSIFICATION, task.id, prompt)
             verdict = self.read(CLASSIFICATION, prompt, answer, task.instruction)
@@ -350,7 +447,7 @@ class Pipeline:
             )
             self.files.classification.write(record.model_dump())
 
-        async with semaphore:
+        async with self.slots[INSTANCES.name]:
             prompt = INSTANCES.prompt(task.instruction, is_clf, lang=self.lang)
             completion = await self.ask(INSTANCES, task.id, prompt)
         parsed = self.read(INSTANCES, prompt, completion, task.instruction, is_clf)
@@ -362,7 +459,7 @@ class Pipeline:
             "truncated": parsed.truncated is not None,
             "raw": completion.text,
         }
-        await self._publish(record, self.checks.submit(record), semaphore)
+        await self._publish(record, self.checks.submit(record))
 
     def _checked(self, record: dict, replay: bool, unique: list, drops: dict[str, int]) -> None:
         """A task back from the checks (in the order they were asked for): its stage record is
@@ -374,7 +471,7 @@ class Pipeline:
         self.stats.instances_generated += len(record["instances"]) + record["truncated"]
         self.stats.instance_drops.update(drops)
 
-    async def _publish(self, record: dict, checked: asyncio.Future, semaphore: asyncio.Semaphore) -> None:
+    async def _publish(self, record: dict, checked: asyncio.Future) -> None:
         """Once the task's records are checked, judge them when the judge is on, then append those
         kept to dataset.jsonl."""
         unique = [(key, Instance.model_construct(input=i, output=o)) for key, i, o in await checked]
@@ -382,7 +479,7 @@ class Pipeline:
         scores: list = [None] * len(unique)
         if judge.enabled:
             scores = await asyncio.gather(
-                *(self._judge(key, record["instruction"], inst, semaphore) for key, inst in unique)
+                *(self._judge(key, record["instruction"], inst) for key, inst in unique)
             )
         for (key, inst), judgement in zip(unique, scores, strict=True):
             extra = {}
@@ -407,16 +504,14 @@ class Pipeline:
             self.files.dataset.write(example.model_dump())
             self._dataset_ids.add(key)
         self.stats.tasks_annotated += 1
-        self.progress.advance()
+        self.progress.advance("instances")
 
-    async def _judge(
-        self, key: str, instruction: str, inst: Instance, semaphore: asyncio.Semaphore
-    ) -> Judgement | None:
+    async def _judge(self, key: str, instruction: str, inst: Instance) -> Judgement | None:
         """The judge's rating of one record (None: its answer could not be read); an earlier run's
         rating when there is one."""
         prior = self._judged.get(key)
         if prior is None:
-            async with semaphore:
+            async with self.slots[JUDGE.name]:
                 prompt = JUDGE.prompt(instruction, inst.input, inst.output, lang=self.lang)
                 completion = await self.ask(JUDGE, key, prompt)
             judgement = self.read(JUDGE, prompt, completion)

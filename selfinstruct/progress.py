@@ -29,11 +29,13 @@ class Progress:
         self.enabled = enabled
         self.annotation_tokens = annotation_tokens or {}
         self.bar: tqdm | None = None
+        self.shown: str | None = None  # the stage whose bar is shown
         self._shown = 0.0
 
     @contextmanager
     def stage(self, name: str, total: int, unit: str = "task"):
         interactive = sys.stderr.isatty()
+        self.shown = name
         self.bar = tqdm(
             total=total,
             desc=name,
@@ -47,10 +49,11 @@ class Progress:
         finally:
             self.refresh(force=True)
             self.bar.close()
-            self.bar = None
+            self.bar = self.shown = None
 
-    def advance(self, n: int = 1) -> None:
-        if self.bar is not None:
+    def advance(self, stage: str, n: int = 1) -> None:
+        """n more done in `stage` (nothing shown while another stage's bar is)."""
+        if self.bar is not None and self.shown == stage:
             self.bar.update(n)
             self.refresh()
 
@@ -68,26 +71,28 @@ class Progress:
             spent += f" ${s.cost_usd:.4g}"
         parts = [f"rejected: {rejects or 'none'}", f"in flight {s.in_flight}", spent,
                  f"{s.tokens_per_second:.0f} tok/s"]  # fmt: skip
-        eta = self.run_eta() if self.bar.desc == "instructions" else None
-        if eta is not None:
-            parts.append(f"whole run ~{tqdm.format_interval(eta)} left")
+        if self.shown == "instructions":
+            parts.append(f"annotated {s.tasks_annotated}")
+            eta = self.run_eta()
+            if eta is not None:
+                parts.append(f"whole run ~{tqdm.format_interval(eta)} left")
         self.bar.set_postfix_str(" | ".join(parts), refresh=False)
 
     def run_eta(self) -> float | None:
-        """Seconds left for the whole run, while instructions are generated: this stage's (tqdm's
-        recent rate) plus the annotation stage's, from the completion tokens its requests need
-        (measured so far, else expected) at the run's completion tokens per second."""
+        """Seconds left for the whole run, while instructions are generated: the completion tokens
+        still to come (instructions still to accept and tasks still to annotate, each at what its
+        requests took so far, else as expected) at the run's completion tokens per second. Both
+        stages share the requests in flight, so their tokens add up."""
         s, bar = self.stats, self.bar
-        shown = bar.format_dict
-        rate = shown["rate"] or (bar.n / shown["elapsed"] if shown["elapsed"] > 0 else 0)
-        if not rate or s.tokens_per_second <= 0:
+        if not s.accepted or s.tokens_per_second <= 0:
             return None
+        per_accepted = s.stage_completion_tokens["instructions"] / s.accepted
         per_task = 0.0
         for stage in ("classification", "instances"):
             n = s.requests[stage]
             per_task += s.stage_completion_tokens[stage] / n if n else self.annotation_tokens.get(stage, 0.0)
         tasks_left = max(0, s.target - s.tasks_annotated)
-        return (bar.total - bar.n) / rate + tasks_left * per_task / s.tokens_per_second
+        return ((bar.total - bar.n) * per_accepted + tasks_left * per_task) / s.tokens_per_second
 
 
 def _short(n: float) -> str:

@@ -266,7 +266,7 @@ async def rate_all(
         if drop:
             stats.rejected[drop] += 1
             dropped[n] = True
-        display.advance()
+        display.advance("score")
 
     with display.stage("score", len(records), unit="record"):
         try:

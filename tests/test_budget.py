@@ -84,14 +84,15 @@ def test_token_budgets_stop_mid_instructions_and_mid_annotation_and_larger_ones_
         # Checked before sending: only the requests in flight when it was reached go past it.
         assert 30000 <= spent < 30000 + 8 * 400
         accepted = count_lines(out / "machine_instructions.jsonl")
-        assert 0 < accepted < n and count_lines(out / "classification.jsonl") == 0
+        # Tasks are annotated as they are accepted: the stop cut both stages short.
+        assert 0 < accepted < n and count_lines(out / "classification.jsonl") <= accepted
         assert f"accepted {accepted}/{n} instructions" in first.stdout and ", $0.0" in first.stdout
 
         second = run(fast.url, out, n, "--token-budget", "400000", "--concurrency", "8", *prices)
         assert second.returncode == 1, second.stderr[-2000:]
         assert "of 400,000 tokens used" in stop_line(second.stdout)
         assert 400000 <= check_ledger(out, (0.5, 1.5)) < 400000 + 8 * 400
-        assert count_lines(out / "machine_instructions.jsonl") == n
+        assert accepted < count_lines(out / "machine_instructions.jsonl") <= n
         annotated = count_lines(out / "classification.jsonl")
         assert 0 < annotated < n  # stopped mid-annotation
 
@@ -238,7 +239,14 @@ def test_the_whole_run_eta_adds_the_annotation_stage_from_tokens_per_second():
     stats.started = time.monotonic() - 10  # 100 completion tokens a second
     progress = Progress(stats, annotation_tokens={"classification": 1.0, "instances": 99.0})
     with progress.stage("instructions", 100) as bar:
-        bar.update(100)  # instructions done: 100 tasks × 100 tokens at 100 tokens/s are left
+        assert progress.run_eta() is None  # nothing accepted yet: no rate for the stage
+        # Half the instructions accepted at 20 completion tokens each; none annotated (100 tokens
+        # assumed per task): 50 × 20 + 100 × 100 tokens left at 100 tokens/s.
+        bar.update(50)
+        stats.accepted, stats.stage_completion_tokens["instructions"] = 50, 1000
+        assert progress.run_eta() == pytest.approx((50 * 20 + 100 * 100) / 100, rel=0.01)
+        bar.update(50)  # instructions done: 100 tasks × 100 tokens at 100 tokens/s are left
+        stats.accepted = 100
         assert progress.run_eta() == pytest.approx(100, rel=0.01)
         stats.requests["instances"], stats.stage_completion_tokens["instances"] = 10, 490  # measured: 49
         stats.tasks_annotated = 50

@@ -166,7 +166,10 @@ def test_signals_at_random_moments_stop_cleanly_and_resume_exactly(tmp_path: Pat
 def _moment(out: Path, target: int) -> str:
     if not (out / "config.json").exists():
         return "start-up"
-    if len(complete_lines(out / "machine_instructions.jsonl")) < target:
+    # Tasks are annotated as they are accepted: annotation has begun once a task's records are in.
+    if len(complete_lines(out / "machine_instructions.jsonl")) < target and not complete_lines(
+        out / "instances.jsonl"
+    ):
         return "bootstrap"
     return "annotation"
 
