@@ -13,7 +13,7 @@ import pytest
 from selfinstruct.config import RunConfig
 from selfinstruct.filters import HeuristicFilter
 from selfinstruct.generation.client import Completion
-from selfinstruct.pipeline import Pipeline, sample_demos
+from selfinstruct.pipeline import Pipeline, Slots, sample_demos
 from selfinstruct.resources import resource_path
 from selfinstruct.runner import summary_line
 from selfinstruct.stats import RunStats
@@ -274,3 +274,51 @@ def test_a_stats_json_from_an_earlier_run_carries_its_counts(tmp_path: Path):
     run(tmp_path, FakeLLM(replies[3:]), concurrency=1, num_instructions=8)
     saved = json.loads((tmp_path / "stats.json").read_text())
     assert (saved["resumes"], saved["retries"]) == (4, {"http_503": 2}) and saved["wall_seconds"] >= 1000
+
+
+def test_tasks_are_annotated_beside_the_first_stage(tmp_path: Path):
+    llm = FakeLLM([" " + novel(i) for i in range(10)])
+    run(tmp_path, llm, num_instructions=5, concurrency=1)
+    kinds = ["I" if p.startswith("Come up with") else "A" for p in llm.prompts]
+    # The first task's annotation is asked for before the last instruction request.
+    assert kinds.index("A") < len(kinds) - 1 - kinds[::-1].index("I"), "".join(kinds)
+    assert len(read_jsonl(tmp_path / "instances.jsonl")) == 5
+
+
+def test_an_annotation_that_fails_stops_the_first_stage_too(tmp_path: Path):
+    class Failing(FakeLLM):
+        async def complete(self, prompt, sampling, stop=None, response_format=None):
+            if prompt.endswith("Is it classification?"):
+                raise RuntimeError("classification broke")
+            return await super().complete(prompt, sampling, stop, response_format)
+
+    llm = Failing([" " + novel(i) for i in range(len(NOVEL))] * 100)
+    with pytest.raises(RuntimeError, match="classification broke"):
+        run(tmp_path, llm, num_instructions=1000, concurrency=2, rouge_threshold=1.0)
+    assert sum(p.startswith("Come up with") for p in llm.prompts) < 20
+
+
+def test_slots_go_to_the_first_named_stage_waiting_then_in_order():
+    async def main():
+        slots = Slots(1, ["instances", "classification", "instructions"])
+        order = []
+
+        async def take(name, tag):
+            async with slots[name]:
+                order.append(tag)
+                await asyncio.sleep(0)
+
+        await slots.acquire(0)  # every later request waits
+        waiting = [asyncio.ensure_future(take(name, tag)) for name, tag in
+                   [("instructions", "i1"), ("classification", "c1"), ("instances", "n1"),
+                    ("instructions", "i2"), ("classification", "c2")]]  # fmt: skip
+        cancelled = asyncio.ensure_future(take("instances", "gone"))
+        await asyncio.sleep(0)
+        cancelled.cancel()
+        slots.release()
+        await asyncio.gather(*waiting)
+        assert order == ["n1", "c1", "c2", "i1", "i2"]
+        await slots.acquire(2)  # every slot given back: one free again
+        assert slots._free == 0 and not any(not f.done() for _, _, f in slots._waiting)
+
+    asyncio.run(main())
