@@ -102,7 +102,9 @@ def test_a_run_killed_while_its_worker_checks_resumes_exactly_and_leaves_no_proc
         result = subprocess.run(cmd + ["--no-check-in-worker"], capture_output=True, text=True, timeout=300)
         assert result.returncode == 0, result.stderr[-2000:]
         records = check_no_duplicates(out)
-        assert fast.prompts == len(records["responses"])  # no request paid twice
+        # Every answer received is saved; only the requests in flight when a kill landed (at most
+        # --concurrency each time) were answered and lost with the run.
+        assert len(records["responses"]) <= fast.prompts <= len(records["responses"]) + 2 * 16
     assert len(records["machine_instructions"]) == len(records["instances"]) == target
     # Each task's dataset records are exactly those its stage record says were kept: none written
     # twice by the replay, none lost to the kills.
