@@ -233,8 +233,7 @@ class Pipeline:
                 self.budget.refused = self.budget.refused or exc
                 tasks = self.accepted[: self.config.num_instructions]
             self.save_stats()
-            with self.progress.stage("instances", len(tasks)) as bar:
-                bar.update(self.stats.tasks_annotated)
+            with self.progress.stage("instances", len(tasks), initial=self.stats.tasks_annotated):
                 await _all_or_none(annotations)
             await asyncio.gather(*self._surplus, return_exceptions=True)
             self.budget.raise_if_refused()
@@ -306,8 +305,8 @@ class Pipeline:
     async def generate_instructions(self) -> list[MachineTask]:
         cfg = self.config
         in_flight: dict[asyncio.Task, int] = {}
-        with self.progress.stage("instructions", cfg.num_instructions) as bar:
-            bar.update(min(len(self.accepted), cfg.num_instructions))
+        done = min(len(self.accepted), cfg.num_instructions)
+        with self.progress.stage("instructions", cfg.num_instructions, initial=done):
             # Responses an interrupted run received but may not have finished filtering.
             answered = [r for r in self.files.cache.records if r["stage"] == "instructions"]
             for r in answered:

@@ -33,11 +33,13 @@ class Progress:
         self._shown = 0.0
 
     @contextmanager
-    def stage(self, name: str, total: int, unit: str = "task"):
+    def stage(self, name: str, total: int, unit: str = "task", initial: int = 0):
+        """A bar for the stage; `initial`: done before it opened (not counted in its rate)."""
         interactive = sys.stderr.isatty()
         self.shown = name
         self.bar = tqdm(
             total=total,
+            initial=initial,
             desc=name,
             unit=unit,
             disable=not self.enabled,
