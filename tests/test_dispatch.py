@@ -100,7 +100,7 @@ def test_a_refused_connection_takes_an_endpoint_out_and_probes_back_off_to_30_s(
     clock.now = a.down_until
     assert pool.acquire() is a
     pool.release(a)
-    pool.succeeded(a, 3, 4)
+    pool.succeeded(a, 3, 4, probe=True)
     assert not a.down and a.backoff == 0
     assert a.failures == {"connection": 8} and (a.prompt_tokens, a.completion_tokens) == (3, 4)
 
@@ -116,12 +116,27 @@ def test_failures_of_requests_sent_before_the_endpoint_went_out_do_not_push_its_
     assert a.down_until == until and a.failures["connection"] == 6
 
 
+def test_answers_to_requests_sent_before_the_endpoint_went_out_do_not_put_it_back():
+    # A server shutting down finishes the requests it holds after it refuses new connections.
+    pool, clock = pool_of(2)
+    a, b = pool.endpoints
+    pool.failed(a, "connection", probe=False)
+    pool.succeeded(a, 5, 6, probe=False)
+    assert a.down and not pool.any_up(besides=b) and a.completion_tokens == 6  # counted, still out
+    assert pool.acquire() is b
+    clock.now = a.down_until
+    assert pool.acquire() is a  # the probe decides
+    pool.release(a)
+    pool.succeeded(a, 1, 1, probe=True)
+    assert not a.down and a.times_down == 1
+
+
 def test_server_errors_or_timeouts_take_an_endpoint_out_only_three_in_a_row():
     pool, _ = pool_of(2)
     a, b = pool.endpoints
     assert pool.failed(a, "http_503", probe=False) is False
     assert pool.failed(a, "timeout", probe=False) is False
-    pool.succeeded(a, 0, 0)  # an answer between them starts the count again
+    pool.succeeded(a, 0, 0, probe=False)  # an answer between them starts the count again
     assert pool.failed(a, "http_500", probe=False) is False
     assert pool.failed(a, "http_502", probe=False) is False
     assert not a.down
@@ -148,9 +163,11 @@ def test_with_every_endpoint_out_requests_go_to_the_one_due_first():
     assert pool.acquire() is b
     assert pool.acquire() is a  # b has one in flight now
     pool.release(a), pool.release(b)
-    pool.succeeded(c, 0, 0)  # c answered (a request sent before it went out)
-    assert pool.any_up() and pool.any_up(besides=a) and not pool.any_up(besides=c)
+    clock.now += 9.0  # c's backoff is over
     assert pool.acquire() is c
+    pool.release(c)
+    pool.succeeded(c, 0, 0, probe=True)  # c answered its probe
+    assert pool.any_up() and pool.any_up(besides=a) and not pool.any_up(besides=c)
 
 
 def test_counts_add_up_over_earlier_runs_and_pools_and_urls_no_longer_used_are_kept():
@@ -178,7 +195,7 @@ def test_counts_add_up_over_earlier_runs_and_pools_and_urls_no_longer_used_are_k
     )
     assert counts["old"].requests == 3 and counts["u1"].requests == 0
     assert a.sent == 1  # the choice weighs this process's requests only
-    pool.succeeded(a, 7, 2)
+    pool.succeeded(a, 7, 2, probe=False)
     assert counts["u0"].prompt_tokens == 12  # read live when stats.json is written
 
 

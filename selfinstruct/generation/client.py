@@ -332,6 +332,7 @@ class LLMClient:
                     endpoint,
                     sum(c.prompt_tokens for c in completions),
                     sum(c.completion_tokens for c in completions),
+                    probe,
                 )
                 if "response_format" in body:
                     self.structured = True

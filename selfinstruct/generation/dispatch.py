@@ -7,8 +7,9 @@ to the endpoint sent fewer requests so far, then to the earlier one in the list.
 Failover: an endpoint that refuses or resets a connection, or fails with a server error (5xx) or a
 timeout `strikes` times in a row, is taken out of rotation for a backoff that starts at 1 s and
 doubles, up to 30 s, each time it fails again. The probe is the next real request sent to it once
-its backoff is over, one at a time: an answer puts it back in rotation, a failure doubles its
-backoff. While every endpoint is out, requests go to the one whose backoff ends first (the client
+its backoff is over, one at a time: its answer puts it back in rotation, its failure doubles its
+backoff. Answers and failures of requests sent before it went out say nothing newer than what
+took it out (a server shutting down finishes the requests it holds), so they change neither. While every endpoint is out, requests go to the one whose backoff ends first (the client
 then counts their attempts against the retry budget, as with a single endpoint).
 
 Choosing is one pass over the endpoints and no locks: everything runs on the event loop.
@@ -123,11 +124,13 @@ class EndpointPool:
     def release(self, ep: Endpoint, weight: int = 1) -> None:
         ep.in_flight -= weight
 
-    def succeeded(self, ep: Endpoint, prompt_tokens: int, completion_tokens: int) -> None:
+    def succeeded(self, ep: Endpoint, prompt_tokens: int, completion_tokens: int, probe: bool) -> None:
+        """Count an answer (`probe`: it was sent while the endpoint was out of rotation, and puts
+        it back)."""
         ep.prompt_tokens += prompt_tokens
         ep.completion_tokens += completion_tokens
         ep.strikes = 0
-        if ep.down:
+        if ep.down and probe:
             ep.down = False
             ep.backoff = 0.0
             if len(self.endpoints) > 1:
