@@ -9,8 +9,9 @@ timeout `strikes` times in a row, is taken out of rotation for a backoff that st
 doubles, up to 30 s, each time it fails again. The probe is the next real request sent to it once
 its backoff is over, one at a time: its answer puts it back in rotation, its failure doubles its
 backoff. Answers and failures of requests sent before it went out say nothing newer than what
-took it out (a server shutting down finishes the requests it holds), so they change neither. While every endpoint is out, requests go to the one whose backoff ends first (the client
-then counts their attempts against the retry budget, as with a single endpoint).
+took it out (a server shutting down finishes the requests it holds), so they change neither.
+While every endpoint is out, requests go to the one whose backoff ends first (the client then
+counts their attempts against the retry budget, as with a single endpoint).
 
 Choosing is one pass over the endpoints and no locks: everything runs on the event loop.
 """
