@@ -200,7 +200,12 @@ def test_invalid_responses_are_skipped_with_a_warning_as_on_resume(run_dir, tmp_
     run = copy_run(run_dir, tmp_path)
     path = run / "responses.jsonl"
     written = lines(path)
-    edited = [written[0], "not JSON", json.dumps(json.loads(written[1]) | {"index": "first"}), *written[2:]]
+    # The first two instruction answers (annotation answers may come between them: their index is
+    # a task id, which "first" could be).
+    first, second = [k for k, line in enumerate(written) if json.loads(line)["stage"] == "instructions"][:2]
+    renumbered = json.dumps(json.loads(written[second]) | {"index": "first"})
+    edited = [written[first], "not JSON", renumbered]
+    edited += [line for k, line in enumerate(written) if k not in (first, second)]
     path.write_text("\n".join(edited) + "\n", encoding="utf-8")
     with caplog.at_level(logging.WARNING):
         records = read_run_file(run, "responses.jsonl")
